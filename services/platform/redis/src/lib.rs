@@ -1,0 +1,169 @@
+//! Redis for scaleout processes: a connection pool with every timeout explicit, and key
+//! prefixes.
+//!
+//! deadpool sets no timeouts by default, so a Redis that accepts connections but never answers
+//! (a stopped process, a full network buffer) would hold each request for as long as the OS
+//! keeps the socket. Here every wait is bounded by `REDIS_TIMEOUT_MS`: waiting for a pooled
+//! connection, connecting, recycling, and each command's response. A hung Redis then costs a
+//! request at most a couple of timeouts, and callers decide what "unavailable" means for them
+//! (a cache miss, or a 503 for what needs a session).
+//!
+//! Every key goes through [`Redis::key`], which puts `REDIS_KEY_PREFIX` in front, so tests and
+//! several deployments can share one Redis without seeing each other's keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use deadpool_redis::redis;
+use deadpool_redis::redis::AsyncConnectionConfig;
+use deadpool_redis::{Manager, Pool, Runtime};
+use platform_config::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Redis settings shared by every process that uses Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// `REDIS_URL`: the Redis server holding sessions and the application cache.
+    pub redis_url: Secret,
+    /// `REDIS_POOL_SIZE`: pooled connections per process (each is multiplexed).
+    pub redis_pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: bound on waiting for a connection, connecting, and each command.
+    pub redis_timeout_ms: u64,
+    /// `REDIS_KEY_PREFIX`: put in front of every key this process reads or writes.
+    pub redis_key_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: Secret::new("redis://127.0.0.1:6379"),
+            redis_pool_size: 16,
+            redis_timeout_ms: 250,
+            redis_key_prefix: "scaleout:".to_owned(),
+        }
+    }
+}
+
+/// Why a Redis operation failed. Every variant means "Redis is unavailable right now" to a
+/// caller; the variants exist so logs say which part gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// `REDIS_URL` could not be parsed.
+    #[error("REDIS_URL is not a valid Redis URL: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
+    /// No pooled connection could be had within the timeout.
+    #[error("no Redis connection available")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// A command failed or timed out.
+    #[error("Redis command failed")]
+    Command(#[from] redis::RedisError),
+}
+
+/// A pooled Redis client with a key prefix. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    pool: Pool,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Builds the pool. No connection is made until the first command.
+    pub fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
+        let timeout = Some(Duration::from_millis(settings.redis_timeout_ms));
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let manager = Manager::new_with_config(settings.redis_url.expose(), connection)
+            .map_err(RedisError::InvalidUrl)?;
+        let pool = Pool::builder(manager)
+            .max_size(settings.redis_pool_size)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .expect("a runtime is set, so building the pool cannot fail");
+        Ok(Self {
+            pool,
+            prefix: settings.redis_key_prefix.as_str().into(),
+        })
+    }
+
+    /// A connection from the pool, within the configured timeout.
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The full key for `name`: the configured prefix followed by `name`.
+    pub fn key(&self, name: impl std::fmt::Display) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// The configured prefix, for tools that scan this process's keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Round-trips a `PING`; readiness probes use this.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn a_reachable_redis_answers_ping() {
+        let redis = Redis::connect(&RedisSettings::default()).unwrap();
+        redis.ping().await.unwrap();
+    }
+
+    /// A server that accepts connections and never answers is the worst case for a client: the
+    /// timeouts are what turn it into a quick error.
+    #[tokio::test]
+    async fn a_hung_redis_fails_within_the_timeouts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let redis = Redis::connect(&RedisSettings {
+            redis_url: Secret::new(format!("redis://{addr}")),
+            redis_timeout_ms: 100,
+            ..RedisSettings::default()
+        })
+        .unwrap();
+        let started = Instant::now();
+        assert!(redis.ping().await.is_err());
+        // Generous bound: it proves a timeout exists, not its precision on a busy machine.
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn keys_carry_the_prefix() {
+        let redis = Redis::connect(&RedisSettings {
+            redis_key_prefix: "t1:".into(),
+            ..RedisSettings::default()
+        })
+        .unwrap();
+        assert_eq!(redis.key("session:abc"), "t1:session:abc");
+    }
+}
