@@ -1,0 +1,428 @@
+//! The L7 path: limits, routing, backend choice (affinity, hash, policy), header rewriting,
+//! one retry, and streaming the answer back.
+//!
+//! The request is read once per phase and never copied except for the one case that needs it:
+//! an idempotent request keeps a spare head so it can be sent again after a connect failure.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::request::Parts;
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Method, Request, Response, Uri};
+
+use crate::balance::hash_bytes;
+use crate::body::{BodyError, ResponseBody, UpstreamBody};
+use crate::config::HashKey;
+use crate::error::ProxyError;
+use crate::state::{Runtime, Shared};
+use crate::upstream::{Backend, InFlight, Upstream};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// What the gateway knows about a client connection, computed once at accept.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    /// Describes a freshly accepted connection.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header = HeaderValue::try_from(addr.ip().to_string()).expect("an IP is ASCII");
+        Self { addr, ip_header }
+    }
+}
+
+/// Serves one request; every failure becomes a problem+json answer.
+pub async fn serve(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let runtime = shared.runtime();
+    match proxy(&runtime, &peer, req).await {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            let status = error.status().as_u16();
+            shared.local.record(status);
+            if status >= 500 {
+                tracing::warn!(message = "Request failed.", %error, source = ?error.source_kind());
+            } else {
+                tracing::debug!(message = "Request refused.", %error);
+            }
+            Ok(error.into_response())
+        }
+    }
+}
+
+async fn proxy(
+    rt: &Runtime,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let trusted = rt.is_trusted(peer.addr.ip());
+    let client_ip = if trusted {
+        forwarded_client(req.headers(), rt).unwrap_or(peer.addr.ip())
+    } else {
+        peer.addr.ip()
+    };
+    if let Some(limiter) = &rt.rate_limiter {
+        limiter
+            .check(client_ip, Instant::now())
+            .map_err(ProxyError::RateLimited)?;
+    }
+    let limits = &rt.config.limits;
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(limits.max_header_bytes));
+    }
+    let content_length = match req.headers().get(CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(ProxyError::BadRequest("invalid Content-Length"))?,
+        ),
+        None => None,
+    };
+    if content_length.is_some_and(|l| l > limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
+    }
+
+    let route = rt
+        .route(&req)
+        .ok_or_else(|| ProxyError::NoRoute(req.uri().path().to_owned()))?;
+    let upstream = &route.upstream;
+    let set = upstream.backends();
+
+    let pinned = upstream
+        .sticky_cookie
+        .as_deref()
+        .and_then(|name| cookie(req.headers(), name))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok());
+    let hash = match &upstream.hash_key {
+        None => 0,
+        Some(key) => hash_key(key, req.headers()).unwrap_or_else(|| hash_ip(client_ip)),
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD)
+        || parts.headers.contains_key(&IDEMPOTENCY_KEY);
+    rewrite_request_headers(&mut parts.headers, peer, trusted);
+    let body = if body.is_end_stream() {
+        UpstreamBody::Empty
+    } else if idempotent
+        && rt.config.retry.enabled
+        && content_length.is_some_and(|l| l <= rt.config.retry.max_buffered_body_bytes)
+    {
+        UpstreamBody::buffer(body, limits.max_body_bytes)
+            .await
+            .map_err(body_error)?
+    } else {
+        UpstreamBody::stream(body, limits.max_body_bytes)
+    };
+    rt.retry_budget.deposit();
+
+    let first = match pinned.and_then(|id| set.find_eligible(id)) {
+        Some(i) => i,
+        None => set
+            .pick(hash, None)
+            .ok_or_else(|| ProxyError::NoHealthyBackend(upstream.name.to_string()))?,
+    };
+    let spare = if idempotent && rt.config.retry.enabled {
+        body.try_clone().map(|b| (parts.clone(), b))
+    } else {
+        None
+    };
+
+    let backend = &set.backends[first];
+    let error = match attempt(rt, upstream, backend, parts, body).await {
+        Ok((response, guard)) => return Ok(respond(response, guard, upstream, pinned)),
+        Err(error) => error,
+    };
+    let Some((parts, body)) = spare.filter(|_| error.is_retryable()) else {
+        return Err(error);
+    };
+    let Some(second) = set.pick(hash, Some(first)) else {
+        return Err(error);
+    };
+    if !rt.retry_budget.try_withdraw() {
+        tracing::debug!(message = "Retry budget exhausted.", upstream = %upstream.name);
+        return Err(error);
+    }
+    tracing::debug!(message = "Retrying on another backend.", %error);
+    let (response, guard) = attempt(rt, upstream, &set.backends[second], parts, body).await?;
+    Ok(respond(response, guard, upstream, pinned))
+}
+
+/// Sends the request to one backend and waits for its response head.
+async fn attempt(
+    rt: &Runtime,
+    upstream: &Upstream,
+    backend: &Arc<Backend>,
+    mut parts: Parts,
+    body: UpstreamBody,
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    let guard = backend.start();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
+
+    let started = Instant::now();
+    let sent = backend.client.request(Request::from_parts(parts, body));
+    let passive = upstream.passive_failures;
+    match tokio::time::timeout(rt.response_timeout, sent).await {
+        Ok(Ok(response)) => {
+            upstream.latency.observe(started.elapsed());
+            backend.record_status(response.status().as_u16(), passive);
+            Ok((response, guard))
+        }
+        Ok(Err(error)) => {
+            if let Some(body) = find_cause::<BodyError>(&error) {
+                // The client's fault, not the backend's: no failure is counted against it.
+                return Err(match body {
+                    BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(*limit),
+                    BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
+                });
+            }
+            backend.record_failure(passive);
+            if error.is_connect() {
+                Err(ProxyError::Connect(backend.addr_text.to_string()))
+            } else {
+                Err(ProxyError::Reset(backend.addr_text.to_string()))
+            }
+        }
+        Err(_) => {
+            backend.record_failure(passive);
+            Err(ProxyError::Timeout(backend.addr_text.to_string()))
+        }
+    }
+}
+
+/// Builds the client's response: backend head without hop-by-hop headers, the affinity cookie
+/// when the client is not (or no longer) pinned to this backend, and the streamed body.
+fn respond(
+    response: Response<Incoming>,
+    guard: InFlight,
+    upstream: &Upstream,
+    pinned: Option<u64>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let backend = guard.backend();
+    if let Some(cookie) = &backend.sticky_set_cookie
+        && upstream.sticky_cookie.is_some()
+        && pinned != Some(backend.id)
+    {
+        parts.headers.append(SET_COOKIE, cookie.clone());
+    }
+    Response::from_parts(parts, ResponseBody::Upstream { body, guard })
+}
+
+fn body_error(e: BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+        BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
+    }
+}
+
+fn find_cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Approximate size of the request head as it came on the wire.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 7);
+    let line = req.method().as_str().len() + uri_len + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
+/// including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Sets `X-Forwarded-*`: a trusted proxy's values are kept and extended, anyone else's are
+/// replaced, so a client cannot forge its address to a backend.
+fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer, trusted: bool) {
+    strip_hop_by_hop(headers);
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) if trusted => {
+            let mut v = Vec::with_capacity(existing.len() + 2 + peer.ip_header.len());
+            v.extend_from_slice(existing.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip_header.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip_header.clone())
+        }
+        _ => peer.ip_header.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    if !trusted && headers.contains_key(&FORWARDED) {
+        headers.remove(&FORWARDED);
+    }
+}
+
+/// The client address a trusted proxy reports: the right-most `X-Forwarded-For` entry that is
+/// not itself a trusted proxy.
+fn forwarded_client(headers: &HeaderMap, rt: &Runtime) -> Option<IpAddr> {
+    let mut last = None;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for entry in value.to_str().ok()?.rsplit(',') {
+            let ip: IpAddr = entry.trim().parse().ok()?;
+            if !rt.is_trusted(ip) {
+                return Some(ip);
+            }
+            last = Some(ip);
+        }
+    }
+    last
+}
+
+/// The value of a cookie in the `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|value| {
+        value.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            rest.strip_prefix(b"=").map(<[u8]>::trim_ascii_end)
+        })
+    })
+}
+
+fn hash_key(key: &HashKey, headers: &HeaderMap) -> Option<u64> {
+    match key {
+        HashKey::Cookie(name) => cookie(headers, name).map(hash_bytes),
+        HashKey::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::ClientIp => None,
+    }
+}
+
+/// Hash of an IP address for the hash ring.
+pub(crate) fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("a=1; sid=xyz ;b=2"));
+        assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&h, "si"), None);
+        assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn an_untrusted_client_cannot_forge_forwarding_headers() {
+        let peer = Peer::new("192.0.2.7:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert(HOST, HeaderValue::from_static("example.org"));
+        rewrite_request_headers(&mut h, &peer, false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.org");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended() {
+        let peer = Peer::new("10.0.0.2:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        rewrite_request_headers(&mut h, &peer, true);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,517 @@
+//! Upstreams and their backends: counters, the health state machine, and the backend set that
+//! the admin API swaps atomically.
+//!
+//! Requests read a backend set with one atomic load and never wait on a lock; the admin API
+//! builds a new set and swaps it in. A backend leaves rotation by flags (`healthy`,
+//! `draining`) that the balancer reads, so taking one out costs no rebuild.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::header::HeaderValue;
+use hyper::http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balance::{self, Balancer, Pool};
+use crate::body::UpstreamBody;
+use crate::config::{HashKey, HealthConfig, Policy, UpstreamConfig};
+use crate::metrics::Histogram;
+
+/// The pooled HTTP/1.1 client of one backend.
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// Settings every backend client of the gateway shares.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    /// TCP connect timeout.
+    pub connect: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle: Duration,
+}
+
+/// Milliseconds since the process started; cheap to store in an atomic.
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// One backend server.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `addr` as text, kept for metric labels and JSON.
+    pub addr_text: Box<str>,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Stable id (a hash of the address): the sticky-cookie value and the ring seed. Stable
+    /// across restarts and reloads, so pinned clients stay pinned.
+    pub id: u64,
+    /// Authority for the request URI, built once.
+    pub(crate) authority: Authority,
+    /// Keep-alive connection pool to this backend alone, so a lock in the pool is never shared
+    /// between backends.
+    pub(crate) client: HttpClient,
+    /// `Set-Cookie` value that pins a client here, built once.
+    pub(crate) sticky_set_cookie: Option<HeaderValue>,
+    in_flight: AtomicU64,
+    requests_total: AtomicU64,
+    failures_total: AtomicU64,
+    /// Responses by status class, 1xx to 5xx.
+    responses: [AtomicU64; 5],
+    healthy: AtomicBool,
+    draining: AtomicBool,
+    checks_ok: AtomicU32,
+    checks_failed: AtomicU32,
+    passive_failures: AtomicU32,
+    ejected_at_ms: AtomicU64,
+}
+
+impl Backend {
+    fn new(
+        addr: SocketAddr,
+        weight: u32,
+        sticky_cookie: Option<&str>,
+        settings: ClientSettings,
+    ) -> Self {
+        let addr_text: Box<str> = addr.to_string().into();
+        let id = balance::hash_bytes(addr_text.as_bytes());
+        let authority = Authority::try_from(addr_text.as_ref()).expect("a socket address");
+        let sticky_set_cookie = sticky_cookie.map(|name| {
+            HeaderValue::try_from(format!("{name}={id:016x}; Path=/; HttpOnly; SameSite=Lax"))
+                .expect("a validated cookie name")
+        });
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle)
+            .build(connector);
+        Self {
+            addr,
+            addr_text,
+            weight,
+            id,
+            authority,
+            client,
+            sticky_set_cookie,
+            in_flight: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            responses: Default::default(),
+            // Backends start in rotation: a gateway that starts (or reloads) must not answer
+            // 503 for a whole health-check window. Passive ejection and retries cover a
+            // backend that is in fact down.
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            checks_ok: AtomicU32::new(0),
+            checks_failed: AtomicU32::new(0),
+            passive_failures: AtomicU32::new(0),
+            ejected_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps counters and health state of the backend it replaces on a reload.
+    fn inherit(&self, old: &Backend) {
+        let copy =
+            |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        copy(&self.requests_total, &old.requests_total);
+        copy(&self.failures_total, &old.failures_total);
+        copy(&self.ejected_at_ms, &old.ejected_at_ms);
+        for (a, b) in self.responses.iter().zip(&old.responses) {
+            copy(a, b);
+        }
+        self.healthy
+            .store(old.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether it may receive new requests.
+    pub fn is_eligible(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether health checks consider it up.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is being drained before removal.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Requests (or TCP connections) in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests (or TCP connections) sent to it.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    /// Connect errors, resets, timeouts and 5xx answers.
+    pub fn failures_total(&self) -> u64 {
+        self.failures_total.load(Ordering::Relaxed)
+    }
+
+    /// Responses by status class (index 0 is 1xx).
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+
+    /// Counts a request as started; the guard ends it.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Records a response status from this backend.
+    pub fn record_status(&self, status: u16, passive_limit: u32) {
+        if let Some(c) = self
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if status >= 500 {
+            self.record_failure(passive_limit);
+        } else if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a good exchange that has no status (a TCP session).
+    pub fn record_success(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed exchange; after `passive_limit` in a row the backend leaves rotation
+    /// and needs `healthy_threshold` good checks (or the eject delay) to come back.
+    pub fn record_failure(&self, passive_limit: u32) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        if passive_limit == 0 {
+            return;
+        }
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= passive_limit && self.healthy.swap(false, Ordering::Relaxed) {
+            self.checks_ok.store(0, Ordering::Relaxed);
+            self.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
+            tracing::warn!(
+                message = "Backend ejected after consecutive failures.",
+                backend = %self.addr,
+                failures = n
+            );
+        }
+    }
+
+    /// Feeds one active check result to the state machine; returns the new state on a change.
+    pub fn record_check(&self, ok: bool, health: &HealthConfig) -> Option<bool> {
+        if ok {
+            self.checks_failed.store(0, Ordering::Relaxed);
+            let n = self.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
+                self.passive_failures.store(0, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.checks_ok.store(0, Ordering::Relaxed);
+            let n = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
+                self.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Without active checks, brings a passively ejected backend back after `eject`.
+    pub fn readmit_after(&self, eject: Duration) -> bool {
+        if self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let since = now_ms().saturating_sub(self.ejected_at_ms.load(Ordering::Relaxed));
+        if since >= eject.as_millis() as u64 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            self.healthy.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// A request (or TCP connection) in flight on a backend; dropping it ends it.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// The backend it counts against.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An immutable set of backends with the balancer built for exactly this set.
+#[derive(Debug)]
+pub struct BackendSet {
+    /// The backends, in config order (admin additions at the end).
+    pub backends: Vec<Arc<Backend>>,
+    balancer: Balancer,
+}
+
+impl BackendSet {
+    fn new(policy: Policy, backends: Vec<Arc<Backend>>) -> Self {
+        let ids: Vec<(u64, u32)> = backends.iter().map(|b| (b.id, b.weight)).collect();
+        Self {
+            balancer: Balancer::new(policy, &ids),
+            backends,
+        }
+    }
+
+    /// Picks a backend with the upstream's policy, avoiding `exclude`.
+    pub fn pick(&self, hash: u64, exclude: Option<usize>) -> Option<usize> {
+        self.balancer.pick(self, hash, exclude)
+    }
+
+    /// The eligible backend a sticky cookie points to.
+    pub fn find_eligible(&self, id: u64) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|b| b.id == id)
+            .filter(|&i| self.backends[i].is_eligible())
+    }
+}
+
+impl Pool for BackendSet {
+    fn len(&self) -> usize {
+        self.backends.len()
+    }
+    fn eligible(&self, i: usize) -> bool {
+        self.backends[i].is_eligible()
+    }
+    fn load(&self, i: usize) -> u64 {
+        self.backends[i].in_flight()
+    }
+}
+
+/// Why the admin API could not change an upstream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChangeError {
+    /// The backend is already in the upstream.
+    #[error("backend {0} already exists")]
+    Exists(SocketAddr),
+    /// The backend is not in the upstream.
+    #[error("no backend {0}")]
+    NotFound(SocketAddr),
+}
+
+/// A named group of backends.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its name.
+    pub name: Box<str>,
+    /// Its policy.
+    pub policy: Policy,
+    /// What `consistent_hash` hashes.
+    pub hash_key: Option<HashKey>,
+    /// Affinity cookie name.
+    pub sticky_cookie: Option<Box<str>>,
+    /// Active checks, if any.
+    pub health: Option<HealthConfig>,
+    /// Consecutive failures before passive ejection (0: off).
+    pub passive_failures: u32,
+    /// Eject time when there are no active checks.
+    pub passive_eject: Duration,
+    settings: ClientSettings,
+    /// The current backends; requests load it once each.
+    set: ArcSwap<BackendSet>,
+    /// Serializes admin changes so two of them cannot lose each other's update.
+    changes: Mutex<()>,
+    /// Time to response headers of requests to this upstream.
+    pub latency: Histogram,
+    /// Set when a reload replaced this upstream, to stop its health checks.
+    retired: AtomicBool,
+}
+
+impl Upstream {
+    /// Builds an upstream from its config.
+    pub fn new(config: &UpstreamConfig, settings: ClientSettings) -> Self {
+        let sticky = config.sticky_cookie.as_deref();
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(Backend::new(b.addr, b.weight, sticky, settings)))
+            .collect();
+        Self {
+            name: config.name.as_str().into(),
+            policy: config.policy,
+            hash_key: config
+                .hash_key
+                .as_deref()
+                .map(|k| HashKey::parse(k).expect("validated")),
+            sticky_cookie: config.sticky_cookie.as_deref().map(Into::into),
+            health: config.health.clone(),
+            passive_failures: config.passive_failures,
+            passive_eject: Duration::from_millis(config.passive_eject_ms),
+            settings,
+            set: ArcSwap::from_pointee(BackendSet::new(config.policy, backends)),
+            changes: Mutex::new(()),
+            latency: Histogram::default(),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// The current backend set.
+    pub fn backends(&self) -> Arc<BackendSet> {
+        self.set.load_full()
+    }
+
+    /// Carries health state and counters over from the upstream this one replaces.
+    pub fn inherit(&self, old: &Upstream) {
+        let old_set = old.backends();
+        for b in &self.backends().backends {
+            if let Some(o) = old_set.backends.iter().find(|o| o.addr == b.addr) {
+                b.inherit(o);
+            }
+        }
+    }
+
+    /// Adds a backend at run time.
+    pub fn add_backend(&self, addr: SocketAddr, weight: u32) -> Result<(), ChangeError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.set.load();
+        if current.backends.iter().any(|b| b.addr == addr) {
+            return Err(ChangeError::Exists(addr));
+        }
+        let mut backends = current.backends.clone();
+        backends.push(Arc::new(Backend::new(
+            addr,
+            weight,
+            self.sticky_cookie.as_deref(),
+            self.settings,
+        )));
+        self.set
+            .store(Arc::new(BackendSet::new(self.policy, backends)));
+        Ok(())
+    }
+
+    /// Stops sending new requests to a backend; returns it so the caller can wait for its
+    /// in-flight requests.
+    pub fn start_drain(&self, addr: SocketAddr) -> Result<Arc<Backend>, ChangeError> {
+        let set = self.set.load();
+        let backend = set
+            .backends
+            .iter()
+            .find(|b| b.addr == addr)
+            .ok_or(ChangeError::NotFound(addr))?;
+        backend.draining.store(true, Ordering::Relaxed);
+        Ok(Arc::clone(backend))
+    }
+
+    /// Removes a backend from the set.
+    pub fn remove_backend(&self, addr: SocketAddr) -> Result<(), ChangeError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.set.load();
+        if !current.backends.iter().any(|b| b.addr == addr) {
+            return Err(ChangeError::NotFound(addr));
+        }
+        let backends = current
+            .backends
+            .iter()
+            .filter(|b| b.addr != addr)
+            .cloned()
+            .collect();
+        self.set
+            .store(Arc::new(BackendSet::new(self.policy, backends)));
+        Ok(())
+    }
+
+    /// Stops this upstream's background work; a reload calls it on the upstream it replaces.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a reload replaced it.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Backend {
+        let settings = ClientSettings {
+            connect: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+        };
+        Backend::new("127.0.0.1:1".parse().unwrap(), 1, Some("aff"), settings)
+    }
+
+    fn health() -> HealthConfig {
+        HealthConfig {
+            path: "/healthz".into(),
+            interval_ms: 10,
+            timeout_ms: 10,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_leaves_after_unhealthy_threshold_failures_and_returns_after_healthy_threshold()
+     {
+        let b = backend();
+        let h = health();
+        assert_eq!(b.record_check(false, &h), None);
+        assert_eq!(b.record_check(false, &h), None);
+        assert_eq!(b.record_check(false, &h), Some(false));
+        assert!(!b.is_eligible());
+        assert_eq!(b.record_check(true, &h), None);
+        assert_eq!(b.record_check(false, &h), None);
+        assert_eq!(b.record_check(true, &h), None);
+        assert_eq!(b.record_check(true, &h), Some(true));
+        assert!(b.is_eligible());
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_eject_passively_and_a_success_resets_the_count() {
+        let b = backend();
+        b.record_failure(3);
+        b.record_failure(3);
+        b.record_status(200, 3);
+        b.record_failure(3);
+        b.record_status(502, 3);
+        assert!(b.is_healthy());
+        b.record_failure(3);
+        assert!(!b.is_healthy());
+        assert_eq!(b.failures_total(), 5);
+        assert!(b.readmit_after(Duration::ZERO));
+        assert!(b.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_guard_counts_until_dropped() {
+        let b = Arc::new(backend());
+        let g = b.start();
+        assert_eq!(b.in_flight(), 1);
+        drop(g);
+        assert_eq!((b.in_flight(), b.requests_total()), (0, 1));
+    }
+}
