@@ -22,6 +22,9 @@ use crate::metrics;
 use crate::state::Shared;
 use crate::upstream::{Backend, ChangeError, Upstream};
 
+/// Time between marking a backend draining and reading its in-flight count.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
 /// Body of `POST /admin/upstreams/{name}/backends`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +169,9 @@ async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<Res
         Err(e) => return problem(StatusCode::CONFLICT, &e.to_string()),
     };
     let deadline = Instant::now() + Duration::from_millis(runtime.config.timeouts.drain_ms);
+    // A request that chose this backend just before the flag was set counts itself in flight
+    // right after; the grace period lets it show up before the count is trusted.
+    tokio::time::sleep(DRAIN_GRACE).await;
     while backend.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1,0 +1,145 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 40, healthy_threshold = 2, unhealthy_threshold = 2 }";
+
+async fn is_healthy(gw: &TestGateway, client: &TestClient, addr: &str) -> bool {
+    gw.backends(client, "web").await[addr]["healthy"] == true
+}
+
+/// Load runs through the whole kill and heal; GETs are retried on another backend, so none
+/// fails, and the killed backend leaves rotation within a few check intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_leaves_rotation_and_returns_after_it_heals_with_no_failed_get() {
+    let (a, b, c) = (
+        Stub::start("a").await,
+        Stub::start("b").await,
+        Stub::start("c").await,
+    );
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n{HEALTH}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a, &b, &c])
+    ))
+    .await;
+    let client = TestClient::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url, stop, ok, failed) = (
+            client.clone(),
+            gw.url("/"),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match client.try_send(hyper::Method::GET, &url, &[], "").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    eventually(Duration::from_secs(5), "traffic on b", || async {
+        b.hits() > 10
+    })
+    .await;
+
+    b.kill();
+    let b_addr = b.addr.to_string();
+    let took = eventually(Duration::from_secs(5), "b unhealthy", || async {
+        !is_healthy(&gw, &client, &b_addr).await
+    })
+    .await;
+    // interval_ms x unhealthy_threshold is 100 ms; the bound leaves room for a busy machine.
+    assert!(
+        took < Duration::from_secs(2),
+        "b left rotation after {took:?}"
+    );
+
+    let b = Stub::start_on("b", b.addr).await;
+    eventually(Duration::from_secs(5), "b healthy again", || {
+        is_healthy(&gw, &client, &b_addr)
+    })
+    .await;
+    eventually(Duration::from_secs(5), "traffic back on b", || async {
+        b.hits() > 10
+    })
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed GETs (of {} ok)",
+        ok.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn active_checks_alone_take_a_failing_backend_out_and_bring_it_back() {
+    let (a, b) = (Stub::start("a").await, Stub::start("b").await);
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n{HEALTH}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a, &b])
+    ))
+    .await;
+    let client = TestClient::new();
+    let b_addr = b.addr.to_string();
+    b.set_healthy(false);
+    eventually(Duration::from_secs(5), "b unhealthy", || async {
+        !is_healthy(&gw, &client, &b_addr).await
+    })
+    .await;
+    let before = b.hits();
+    for _ in 0..10 {
+        assert_eq!(client.get(&gw.url("/")).await.body, "a");
+    }
+    assert_eq!(b.hits(), before);
+    b.set_healthy(true);
+    eventually(Duration::from_secs(5), "b healthy", || {
+        is_healthy(&gw, &client, &b_addr)
+    })
+    .await;
+    let replies: Vec<Reply> = sequential_gets(&client, &gw, 10).await;
+    assert!(replies.iter().any(|r| r.body == "b"));
+}
+
+async fn sequential_gets(client: &TestClient, gw: &TestGateway, n: usize) -> Vec<Reply> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(client.get(&gw.url("/")).await);
+    }
+    v
+}
+
+#[tokio::test]
+async fn with_no_healthy_backend_the_answer_is_a_fast_503_problem() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n{HEALTH}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a])
+    ))
+    .await;
+    let client = TestClient::new();
+    a.set_healthy(false);
+    let addr = a.addr.to_string();
+    eventually(Duration::from_secs(5), "a unhealthy", || async {
+        !is_healthy(&gw, &client, &addr).await
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = client.get(&gw.url("/")).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert!(r.body.contains("no healthy backend"), "{}", r.body);
+}

@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+fn limited(stub: &Stub, limits: &str) -> String {
+    format!(
+        "{LISTEN}{limits}\n[[upstreams]]\nname = \"web\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[stub])
+    )
+}
+
+/// Sends raw bytes and returns the status code of the answer.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_whether_announced_or_streamed() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&limited(&a, "[limits]\nmax_body_bytes = 1024")).await;
+    let c = TestClient::new();
+    let ok = c
+        .send(Method::POST, &gw.url("/"), &[], vec![b'x'; 1024])
+        .await;
+    assert_eq!(ok.status, 200);
+    let r = c
+        .send(Method::POST, &gw.url("/"), &[], vec![b'x'; 1025])
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+
+    let chunk = "x".repeat(2000);
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    assert_eq!(raw_status(gw.addr, chunked.as_bytes()).await, 413);
+}
+
+#[tokio::test]
+async fn headers_over_the_limit_get_431() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&limited(&a, "[limits]\nmax_header_bytes = 2048")).await;
+    let c = TestClient::new();
+    let big = "y".repeat(3000);
+    let r = c
+        .send(Method::GET, &gw.url("/"), &[("x-big", &big)], "")
+        .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert_eq!(
+        c.send(Method::GET, &gw.url("/"), &[("x-small", "1")], "")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&limited(
+        &a,
+        "[rate_limit]\nrequests_per_second = 1\nburst = 3",
+    ))
+    .await;
+    let c = TestClient::new();
+    for _ in 0..3 {
+        assert_eq!(c.get(&gw.url("/")).await.status, 200);
+    }
+    let r = c.get(&gw.url("/")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert_eq!(a.hits(), 3);
+}

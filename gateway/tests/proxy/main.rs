@@ -1,0 +1,14 @@
+//! Gateway behaviour over real sockets: an in-process gateway in front of stub backends.
+
+mod admin;
+mod affinity;
+mod balancing;
+mod cli;
+mod headers;
+mod health;
+mod helpers;
+mod limits;
+mod reload;
+mod retry;
+mod routing;
+mod tcp;

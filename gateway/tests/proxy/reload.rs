@@ -1,0 +1,74 @@
+use std::path::PathBuf;
+
+use gateway::{Config, Gateway};
+
+use crate::helpers::*;
+
+fn temp_file(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "scaleout-gateway-{}-{name}.toml",
+        std::process::id()
+    ))
+}
+
+fn config_to(stub: &Stub) -> String {
+    format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[stub])
+    )
+}
+
+/// The reload function is the one SIGHUP calls.
+#[tokio::test]
+async fn a_reload_with_a_bad_file_keeps_the_old_config_and_a_good_one_takes_over() {
+    let (old, new) = (Stub::start("old").await, Stub::start("new").await);
+    let path = temp_file("reload");
+    std::fs::write(&path, config_to(&old)).unwrap();
+    let config = Config::load(&path).unwrap();
+    let gw = TestGateway::start_with(
+        Gateway::build_with_path(config, Some(path.clone()))
+            .await
+            .unwrap(),
+    );
+    let c = TestClient::new();
+    assert_eq!(c.get(&gw.url("/")).await.body, "old");
+
+    std::fs::write(
+        &path,
+        config_to(&new).replace("default = true", "default = true\nbogus = 1"),
+    )
+    .unwrap();
+    let err = gw.shared.reload().unwrap_err().to_string();
+    assert!(err.contains("bogus"), "{err}");
+    assert_eq!(c.get(&gw.url("/")).await.body, "old");
+
+    std::fs::write(&path, "this is not toml").unwrap();
+    assert!(gw.shared.reload().is_err());
+    assert_eq!(c.get(&gw.url("/")).await.body, "old");
+
+    std::fs::write(&path, config_to(&new)).unwrap();
+    gw.shared.reload().unwrap();
+    assert_eq!(c.get(&gw.url("/")).await.body, "new");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// On shutdown the gateway stops accepting, lets the request in flight finish, and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    let a = Stub::start("a").await;
+    a.set_delay(std::time::Duration::from_millis(300));
+    let gw = TestGateway::start(&config_to(&a)).await;
+    let c = TestClient::new();
+    let url = gw.url("/");
+    let pending = tokio::spawn(async move { c.get(&url).await });
+    eventually(
+        std::time::Duration::from_secs(5),
+        "request in flight",
+        || async { a.hits() == 1 },
+    )
+    .await;
+    let run = gw.stop().await;
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.status, 200);
+    run.await.unwrap().unwrap();
+}
