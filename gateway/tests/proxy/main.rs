@@ -11,4 +11,5 @@ mod limits;
 mod reload;
 mod retry;
 mod routing;
+mod signals;
 mod tcp;

@@ -1,0 +1,112 @@
+//! The real binary in a child process, so real signals can be sent safely.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    path: PathBuf,
+}
+
+impl Process {
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn config_to(stub: &Stub) -> String {
+    format!(
+        "{LISTEN}workers = 1\n[[upstreams]]\nname = \"web\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[stub])
+    )
+}
+
+/// Starts the binary and reads the bound address from its startup log line.
+fn spawn(name: &str, toml: &str) -> Process {
+    let path = std::env::temp_dir().join(format!(
+        "scaleout-gateway-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, toml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the gateway exited").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process { child, addr, path }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_config() {
+    let (old, new) = (Stub::start("old").await, Stub::start("new").await);
+    let process = spawn("sighup", &config_to(&old));
+    let url = format!("http://{}/", process.addr);
+    let c = TestClient::new();
+    assert_eq!(c.get(&url).await.body, "old");
+
+    std::fs::write(&process.path, "listen = [").unwrap();
+    process.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.get(&url).await.body, "old");
+
+    std::fs::write(&process.path, config_to(&new)).unwrap();
+    process.signal("HUP");
+    eventually(Duration::from_secs(5), "the new config serves", || async {
+        c.get(&url).await.body == "new"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_request_in_flight_and_exits_cleanly() {
+    let a = Stub::start("a").await;
+    a.set_delay(Duration::from_millis(300));
+    let mut process = spawn("sigterm", &config_to(&a));
+    let url = format!("http://{}/", process.addr);
+    let c = TestClient::new();
+    let pending = tokio::spawn(async move { c.get(&url).await });
+    eventually(Duration::from_secs(5), "request in flight", || async {
+        a.hits() == 1
+    })
+    .await;
+    process.signal("TERM");
+    assert_eq!(pending.await.unwrap().status, 200);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.child.wait().unwrap();
+        drop(process);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+}
