@@ -1,1 +1,23 @@
-//! TBD
+//! The scaleout discussion domain shared by every service: users, posts and comments, their
+//! rules, queries and schema.
+//!
+//! Services hold only their HTTP surface; whatever is true of a post whether it arrives by a web
+//! form or the JSON API lives here. Input becomes a domain type through `parse` (parse, don't
+//! validate), so a `PostTitle` in hand is known to be valid and queries never see raw strings.
+//!
+//! # Layout
+//! - [`types`]: validated values (`Username`, `Password`, `PostTitle`, ...).
+//! - [`auth`]: argon2id password hashing with a bound on concurrent hashes.
+//! - [`users`], [`posts`], [`comments`]: queries.
+//! - [`MIGRATOR`]: the schema, embedded from `migrations/`.
+
+pub mod auth;
+pub mod comments;
+pub mod posts;
+pub mod types;
+pub mod users;
+
+pub use types::{CommentBody, Password, PostBody, PostId, PostTitle, UserId, Username};
+
+/// The schema's migrations, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -74,8 +74,8 @@ pub enum DbError {
 impl DbSettings {
     /// Connection options for the primary, with the statement timeout applied per session.
     pub fn primary_options(&self) -> Result<PgConnectOptions, DbError> {
-        let options = PgConnectOptions::from_str(self.database_url.expose())
-            .map_err(DbError::InvalidUrl)?;
+        let options =
+            PgConnectOptions::from_str(self.database_url.expose()).map_err(DbError::InvalidUrl)?;
         Ok(self.with_session_settings(options))
     }
 
@@ -131,11 +131,15 @@ pub async fn ensure_database(settings: &DbSettings) -> Result<(), DbError> {
             })?;
     if !exists {
         let statement = format!("CREATE DATABASE {}", quote_identifier(&name));
-        match sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut conn).await {
+        match sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(message = "Created the database.", database = %name),
             // 42P04 duplicate_database, 23505 unique_violation on pg_database: another process
             // created it between our check and our statement.
-            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(source) => {
                 return Err(DbError::Query {
                     context: "creating the database failed",
@@ -214,7 +218,10 @@ mod tests {
         a.unwrap();
         b.unwrap();
         let pool = connect(&settings).unwrap();
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await.unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(one, 1);
         pool.close().await;
         drop_database(&settings).await.unwrap();

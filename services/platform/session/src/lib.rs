@@ -148,7 +148,10 @@ impl SessionData {
 
     /// Checks a submitted CSRF token in constant time.
     pub fn csrf_matches(&self, submitted: &str) -> bool {
-        self.csrf_token.as_bytes().ct_eq(submitted.as_bytes()).into()
+        self.csrf_token
+            .as_bytes()
+            .ct_eq(submitted.as_bytes())
+            .into()
     }
 }
 
@@ -184,7 +187,9 @@ impl SessionStore {
     /// deadline. `None` once the deadline has passed.
     fn ttl_secs(&self, data: &SessionData) -> Option<u64> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let deadline = data.created_at.saturating_add(self.absolute.as_secs() as i64);
+        let deadline = data
+            .created_at
+            .saturating_add(self.absolute.as_secs() as i64);
         let left = deadline.saturating_sub(now);
         (left > 0).then(|| self.idle.as_secs().min(left as u64))
     }

@@ -22,7 +22,9 @@ pub struct Throttle {
 pub enum Verdict {
     Allowed,
     /// Too many attempts; retry after this many seconds.
-    Limited { retry_after_secs: u64 },
+    Limited {
+        retry_after_secs: u64,
+    },
 }
 
 impl Throttle {

@@ -39,11 +39,7 @@ pub fn cookie(id: &SessionId, secure: bool, max_age: std::time::Duration) -> Coo
 
 /// A cookie that tells the browser to forget `sid`.
 pub fn removal_cookie(secure: bool) -> Cookie<'static> {
-    let mut cookie = cookie(
-        &SessionId(String::new()),
-        secure,
-        std::time::Duration::ZERO,
-    );
+    let mut cookie = cookie(&SessionId(String::new()), secure, std::time::Duration::ZERO);
     cookie.make_removal();
     cookie
 }

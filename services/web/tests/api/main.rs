@@ -1,0 +1,8 @@
+//! The web service driven over HTTP against real Postgres and Redis. One binary for all API
+//! tests keeps link time down.
+
+mod accounts;
+mod health;
+mod helpers;
+mod posts;
+mod security;
