@@ -1,0 +1,59 @@
+//! Domain queries against a real, freshly migrated database.
+
+use domain::comments::{self, CommentId, SubmitCommentError};
+use domain::{CommentBody, PostBody, PostId, PostTitle, Username, posts, users};
+use platform_testing::TestDatabase;
+
+#[tokio::test]
+async fn a_submitted_comment_is_pending_and_hidden_until_published() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let post = posts::create(
+        &db.pool,
+        author,
+        &PostTitle::parse("t").unwrap(),
+        &PostBody::parse("b").unwrap(),
+    )
+    .await
+    .unwrap();
+    let id = comments::submit(&db.pool, post, author, &CommentBody::parse("hi").unwrap())
+        .await
+        .unwrap();
+    let status = comments::status(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(status.status, "pending");
+    assert!(
+        comments::list_visible(&db.pool, post)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        comments::status(&db.pool, CommentId(-1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_comment_on_a_missing_post_is_refused_and_nothing_is_written() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let result = comments::submit(
+        &db.pool,
+        PostId(424242),
+        author,
+        &CommentBody::parse("hi").unwrap(),
+    )
+    .await;
+    assert!(matches!(result, Err(SubmitCommentError::PostNotFound)));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM comments")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
