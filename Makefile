@@ -1,0 +1,45 @@
+# scaleout's front door. `make help` lists the targets; each is one line, and anything longer
+# lives in infra/scripts/ or loadtest/.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help run migrate test services fmt lint check up down bench-gateway
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: services ## Build and run the web service on the local Postgres and Redis (http://127.0.0.1:8101)
+	$(CARGO) run --release --bin web
+
+migrate: services ## Create the database if missing and apply migrations
+	$(CARGO) run --release --bin web -- migrate
+
+test: services ## Run every test against the local Postgres, Redis and RabbitMQ
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+services: ## Check that Postgres, Redis and RabbitMQ are reachable, and say how to start any that is not
+	@infra/scripts/services.sh check
+
+fmt: ## Format all Rust code
+	$(CARGO) fmt --all
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check: lint test ## Everything CI checks
+
+up: ## Start the backing services with docker compose (where Docker runs)
+	docker compose up -d --wait
+
+down: ## Stop them and delete their volumes
+	docker compose down -v
+
+bench-gateway: ## Benchmark the gateway against nginx and HAProxy (installs them if missing)
+	loadtest/bench-gateway.sh
