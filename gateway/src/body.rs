@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::pool::Conn;
 use crate::upstream::InFlight;
 
 /// Why a request body could not be forwarded.
@@ -135,6 +136,8 @@ pub enum ResponseBody {
         body: Incoming,
         /// Released when the body is dropped, that is once it is sent or the client is gone.
         guard: InFlight,
+        /// The backend connection, returned to its pool as soon as the body has ended.
+        conn: Option<Conn>,
     },
 }
 
@@ -148,6 +151,18 @@ impl ResponseBody {
     pub fn empty() -> Self {
         Self::Full(None)
     }
+
+    /// Streams a backend body; an already finished one (HEAD, 204, 304, empty) frees its
+    /// connection at once.
+    pub fn upstream(body: Incoming, guard: InFlight, conn: Conn) -> Self {
+        let conn = if body.is_end_stream() {
+            conn.release();
+            None
+        } else {
+            Some(conn)
+        };
+        Self::Upstream { body, guard, conn }
+    }
 }
 
 impl Body for ResponseBody {
@@ -160,7 +175,23 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Self::Upstream { body, conn, .. } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken body leaves the connection in an unknown state.
+                        conn.take();
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if ended && let Some(conn) = conn.take() {
+                    conn.release();
+                }
+                polled
+            }
         }
     }
 

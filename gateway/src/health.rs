@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::header::{HeaderValue, USER_AGENT};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::header::{HOST, HeaderValue, USER_AGENT};
 use hyper::{Request, Uri};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -73,27 +72,22 @@ pub fn spawn(upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
 
 /// One check: GET the path; a 2xx or 3xx within the timeout is healthy.
 async fn check(backend: &Backend, health: &HealthConfig) -> bool {
-    let Ok(path) = PathAndQuery::try_from(health.path.as_str()) else {
-        return false;
-    };
-    let mut uri = hyper::http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(path);
-    let Ok(uri) = Uri::from_parts(uri) else {
+    let Ok(uri) = Uri::try_from(health.path.as_str()) else {
         return false;
     };
     let mut req = Request::new(UpstreamBody::Empty);
     *req.uri_mut() = uri;
+    req.headers_mut().insert(HOST, backend.host.clone());
     req.headers_mut().insert(
         USER_AGENT,
         HeaderValue::from_static("scaleout-gateway-health"),
     );
     let exchange = async {
-        let response = backend.client.request(req).await.ok()?;
+        let (response, conn) = backend.pool.send(req).await.ok()?;
         let ok = response.status().is_success() || response.status().is_redirection();
-        // Read the body to its end so the connection goes back to the pool.
+        // Read the body to its end so the connection can go back to the pool.
         response.into_body().collect().await.ok()?;
+        conn.release();
         Some(ok)
     };
     tokio::time::timeout(Duration::from_millis(health.timeout_ms), exchange)

@@ -9,7 +9,8 @@
 //!   the admin API swaps.
 //! - [`balance`]: the load-balancing policies, each a small type over a [`balance::Pool`].
 //! - [`health`]: active health checks and passive re-admission.
-//! - [`proxy`]: the L7 path; [`body`] holds its request and response body types.
+//! - [`proxy`]: the L7 path; [`body`] holds its request and response body types, [`pool`] the
+//!   keep-alive connections to each backend.
 //! - [`tcp`]: the L4 path.
 //! - [`limits`]: rate limit and retry budget.
 //! - [`admin`] and [`metrics`]: the admin API and the Prometheus text.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod state;
 pub mod tcp;

@@ -15,13 +15,14 @@ use hyper::header::{
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::request::Parts;
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri};
 
 use crate::balance::hash_bytes;
 use crate::body::{BodyError, ResponseBody, UpstreamBody};
 use crate::config::HashKey;
 use crate::error::ProxyError;
+use crate::pool::{Conn, SendError};
 use crate::state::{Runtime, Shared};
 use crate::upstream::{Backend, InFlight, Upstream};
 
@@ -132,7 +133,7 @@ async fn proxy(
         && rt.config.retry.enabled
         && content_length.is_some_and(|l| l <= rt.config.retry.max_buffered_body_bytes)
     {
-        UpstreamBody::buffer(body, limits.max_body_bytes)
+        Box::pin(UpstreamBody::buffer(body, limits.max_body_bytes))
             .await
             .map_err(body_error)?
     } else {
@@ -154,7 +155,7 @@ async fn proxy(
 
     let backend = &set.backends[first];
     let error = match attempt(rt, upstream, backend, parts, body).await {
-        Ok((response, guard)) => return Ok(respond(response, guard, upstream, pinned)),
+        Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
     };
     let Some((parts, body)) = spare.filter(|_| error.is_retryable()) else {
@@ -168,8 +169,9 @@ async fn proxy(
         return Err(error);
     }
     tracing::debug!(message = "Retrying on another backend.", %error);
-    let (response, guard) = attempt(rt, upstream, &set.backends[second], parts, body).await?;
-    Ok(respond(response, guard, upstream, pinned))
+    // Boxed: a retry is rare, and its state would otherwise double the size of every request.
+    let exchange = Box::pin(attempt(rt, upstream, &set.backends[second], parts, body)).await?;
+    Ok(respond(exchange, upstream, pinned))
 }
 
 /// Sends the request to one backend and waits for its response head.
@@ -179,26 +181,36 @@ async fn attempt(
     backend: &Arc<Backend>,
     mut parts: Parts,
     body: UpstreamBody,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight, Conn), ProxyError> {
     let guard = backend.start();
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    // Backends get the origin form (`/path?query`), even from a client that sent an absolute URI.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
     }
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
+    if !parts.headers.contains_key(HOST) {
+        parts.headers.insert(HOST, backend.host.clone());
+    }
 
     let started = Instant::now();
-    let sent = backend.client.request(Request::from_parts(parts, body));
+    let sent = backend.pool.send(Request::from_parts(parts, body));
     let passive = upstream.passive_failures;
     match tokio::time::timeout(rt.response_timeout, sent).await {
-        Ok(Ok(response)) => {
+        Ok(Ok((response, conn))) => {
             upstream.latency.observe(started.elapsed());
             backend.record_status(response.status().as_u16(), passive);
-            Ok((response, guard))
+            Ok((response, guard, conn))
         }
-        Ok(Err(error)) => {
+        Ok(Err(SendError::Connect(_))) => {
+            backend.record_failure(passive);
+            Err(ProxyError::Connect(backend.addr_text.to_string()))
+        }
+        Ok(Err(SendError::NotSent(_, error) | SendError::Failed(error))) => {
             if let Some(body) = find_cause::<BodyError>(&error) {
                 // The client's fault, not the backend's: no failure is counted against it.
                 return Err(match body {
@@ -207,11 +219,7 @@ async fn attempt(
                 });
             }
             backend.record_failure(passive);
-            if error.is_connect() {
-                Err(ProxyError::Connect(backend.addr_text.to_string()))
-            } else {
-                Err(ProxyError::Reset(backend.addr_text.to_string()))
-            }
+            Err(ProxyError::Reset(backend.addr_text.to_string()))
         }
         Err(_) => {
             backend.record_failure(passive);
@@ -223,8 +231,7 @@ async fn attempt(
 /// Builds the client's response: backend head without hop-by-hop headers, the affinity cookie
 /// when the client is not (or no longer) pinned to this backend, and the streamed body.
 fn respond(
-    response: Response<Incoming>,
-    guard: InFlight,
+    (response, guard, conn): (Response<Incoming>, InFlight, Conn),
     upstream: &Upstream,
     pinned: Option<u64>,
 ) -> Response<ResponseBody> {
@@ -237,7 +244,7 @@ fn respond(
     {
         parts.headers.append(SET_COOKIE, cookie.clone());
     }
-    Response::from_parts(parts, ResponseBody::Upstream { body, guard })
+    Response::from_parts(parts, ResponseBody::upstream(body, guard, conn))
 }
 
 fn body_error(e: BodyError) -> ProxyError {
@@ -274,6 +281,11 @@ fn head_size<B>(req: &Request<B>) -> usize {
 /// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
 /// including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names, comparing without hashing, keeps the usual case (none present)
+    // cheap.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -301,6 +313,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Sets `X-Forwarded-*`: a trusted proxy's values are kept and extended, anyone else's are

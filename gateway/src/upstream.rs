@@ -12,18 +12,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::header::HeaderValue;
-use hyper::http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{self, Balancer, Pool};
-use crate::body::UpstreamBody;
 use crate::config::{HashKey, HealthConfig, Policy, UpstreamConfig};
 use crate::metrics::Histogram;
-
-/// The pooled HTTP/1.1 client of one backend.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+use crate::pool::ConnPool;
 
 /// Settings every backend client of the gateway shares.
 #[derive(Debug, Clone, Copy)]
@@ -52,11 +45,11 @@ pub struct Backend {
     /// Stable id (a hash of the address): the sticky-cookie value and the ring seed. Stable
     /// across restarts and reloads, so pinned clients stay pinned.
     pub id: u64,
-    /// Authority for the request URI, built once.
-    pub(crate) authority: Authority,
-    /// Keep-alive connection pool to this backend alone, so a lock in the pool is never shared
-    /// between backends.
-    pub(crate) client: HttpClient,
+    /// `Host` for requests that came without one (HTTP/1.0) and for health checks.
+    pub(crate) host: HeaderValue,
+    /// Keep-alive connections to this backend alone, so a pool lock is never shared between
+    /// backends.
+    pub(crate) pool: Arc<ConnPool>,
     /// `Set-Cookie` value that pins a client here, built once.
     pub(crate) sticky_set_cookie: Option<HeaderValue>,
     in_flight: AtomicU64,
@@ -81,25 +74,19 @@ impl Backend {
     ) -> Self {
         let addr_text: Box<str> = addr.to_string().into();
         let id = balance::hash_bytes(addr_text.as_bytes());
-        let authority = Authority::try_from(addr_text.as_ref()).expect("a socket address");
+        let host = HeaderValue::try_from(addr_text.as_ref()).expect("a socket address is ASCII");
         let sticky_set_cookie = sticky_cookie.map(|name| {
             HeaderValue::try_from(format!("{name}={id:016x}; Path=/; HttpOnly; SameSite=Lax"))
                 .expect("a validated cookie name")
         });
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle)
-            .build(connector);
+        let pool = Arc::new(ConnPool::new(addr, settings.connect, settings.idle));
         Self {
             addr,
             addr_text,
             weight,
             id,
-            authority,
-            client,
+            host,
+            pool,
             sticky_set_cookie,
             in_flight: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
