@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run migrate test services fmt lint check up down bench-gateway
+.PHONY: help run migrate test services replica replica-down fmt lint check up down bench-gateway
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -16,7 +16,7 @@ run: services ## Build and run the web service on the local Postgres and Redis (
 migrate: services ## Create the database if missing and apply migrations
 	$(CARGO) run --release --bin web -- migrate
 
-test: services ## Run every test against the local Postgres, Redis and RabbitMQ
+test: services replica ## Run every test against the local Postgres (and its replica), Redis and RabbitMQ
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -25,6 +25,12 @@ test: services ## Run every test against the local Postgres, Redis and RabbitMQ
 
 services: ## Check that Postgres, Redis and RabbitMQ are reachable, and say how to start any that is not
 	@infra/scripts/services.sh check
+
+replica: ## Create (once) and start the local streaming replica on 127.0.0.1:5433
+	@infra/scripts/replica.sh up
+
+replica-down: ## Remove the local replica and its replication slot
+	@infra/scripts/replica.sh down
 
 fmt: ## Format all Rust code
 	$(CARGO) fmt --all

@@ -9,11 +9,15 @@
 //! - [`DbSettings`]: the `DATABASE_*` and `DB_*` settings.
 //! - [`connect`]: a pool for the primary.
 //! - [`ensure_database`] and [`migrate`]: what a process runs before it serves.
+//! - [`routing`]: [`Database`], reads split across replicas with read-your-writes.
+
+pub mod routing;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use platform_config::{Secret, comma_separated};
+pub use routing::{Database, Lsn, ReadSource};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -38,6 +42,10 @@ pub struct DbSettings {
     pub db_statement_timeout_ms: u64,
     /// `DB_IDLE_TIMEOUT_SECS`: idle connections above the minimum are closed after this.
     pub db_idle_timeout_secs: u64,
+    /// `DB_REPLICA_MAX_LAG_MS`: a replica further behind the primary than this serves no reads.
+    pub db_replica_max_lag_ms: u64,
+    /// `DB_REPLICA_CHECK_INTERVAL_MS`: how often each replica's position and lag are checked.
+    pub db_replica_check_interval_ms: u64,
 }
 
 impl Default for DbSettings {
@@ -49,6 +57,8 @@ impl Default for DbSettings {
             db_acquire_timeout_ms: 3_000,
             db_statement_timeout_ms: 5_000,
             db_idle_timeout_secs: 300,
+            db_replica_max_lag_ms: 1_000,
+            db_replica_check_interval_ms: 200,
         }
     }
 }
@@ -79,7 +89,7 @@ impl DbSettings {
         Ok(self.with_session_settings(options))
     }
 
-    fn with_session_settings(&self, options: PgConnectOptions) -> PgConnectOptions {
+    pub(crate) fn with_session_settings(&self, options: PgConnectOptions) -> PgConnectOptions {
         options
             .options([(
                 "statement_timeout",
@@ -88,7 +98,7 @@ impl DbSettings {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
     }
 
-    fn pool_options(&self) -> PgPoolOptions {
+    pub(crate) fn pool_options(&self) -> PgPoolOptions {
         PgPoolOptions::new()
             .max_connections(self.db_max_connections)
             .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))

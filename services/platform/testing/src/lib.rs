@@ -60,6 +60,34 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// URLs for this test's database on the streaming replicas of `DATABASE_REPLICA_URLS`
+    /// (default: the local replica that `infra/scripts/replica.sh up` starts on port 5433).
+    /// Replicas copy the whole cluster, so the test database appears there by itself.
+    pub fn replica_urls(&self) -> Vec<String> {
+        let name = self
+            .settings
+            .primary_options()
+            .expect("valid settings")
+            .get_database()
+            .expect("a test database has a name")
+            .to_owned();
+        env_or(
+            "DATABASE_REPLICA_URLS",
+            "postgres://postgres@127.0.0.1:5433/postgres",
+        )
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            let mut url = url::Url::parse(server).expect("DATABASE_REPLICA_URLS holds URLs");
+            url.set_path(&name);
+            url.to_string()
+        })
+        .collect()
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let settings = self.settings.clone();
