@@ -9,6 +9,7 @@
 //!   the admin API swaps.
 //! - [`balance`]: the load-balancing policies, each a small type over a [`balance::Pool`].
 //! - [`health`]: active health checks and passive re-admission.
+//! - [`conn`]: client connections and their idle timeout.
 //! - [`proxy`]: the L7 path; [`body`] holds its request and response body types, [`pool`] the
 //!   keep-alive connections to each backend.
 //! - [`tcp`]: the L4 path.
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod health;
 pub mod limits;
@@ -136,10 +138,12 @@ impl Gateway {
         builder
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(Duration::from_millis(config.timeouts.idle_ms))
+            // Idle connections are closed by `conn::idle`, which needs no timer per request.
+            .header_read_timeout(None)
             .max_buf_size((config.limits.max_header_bytes * 2).max(8192) + 8192)
             .max_header_size(config.limits.max_header_bytes * 2);
 
+        let idle = Duration::from_millis(config.timeouts.idle_ms);
         let public = {
             let shared = Arc::clone(&shared);
             let builder = builder.clone();
@@ -153,7 +157,7 @@ impl Gateway {
                     let service = service_fn(move |req| {
                         proxy::serve(Arc::clone(&shared), Arc::clone(&peer), req)
                     });
-                    serve_http(builder.clone(), stream, service, shutdown, done)
+                    serve_http(builder.clone(), stream, service, idle, shutdown, done)
                 },
             )
         };
@@ -166,7 +170,7 @@ impl Gateway {
                 move |stream, _peer, shutdown, done| {
                     let shared = Arc::clone(&shared);
                     let service = service_fn(move |req| admin::serve(Arc::clone(&shared), req));
-                    serve_http(builder.clone(), stream, service, shutdown, done)
+                    serve_http(builder.clone(), stream, service, idle, shutdown, done)
                 },
             )
         };
@@ -236,11 +240,13 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Serves HTTP/1.1 on one connection; on shutdown, finishes the request in flight and closes.
+/// Serves HTTP/1.1 on one connection; on shutdown or after `idle` without traffic, finishes
+/// the request in flight and closes.
 async fn serve_http<S>(
     builder: http1::Builder,
     stream: TcpStream,
     service: S,
+    idle: Duration,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) where
@@ -251,17 +257,21 @@ async fn serve_http<S>(
         >,
 {
     let _done = done;
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
+    let (stream, clock) = conn::Tracked::new(stream);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
     tokio::select! {
-        result = conn.as_mut() => {
+        result = connection.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(message = "Client connection ended with an error.", %error);
             }
+            return;
         }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        _ = shutdown.changed() => {}
+        _ = conn::idle(&clock, idle) => {}
     }
+    connection.as_mut().graceful_shutdown();
+    // A request still in flight may finish; a client stalled in the middle of a request head
+    // is cut off after one more idle period.
+    let _ = tokio::time::timeout(idle, connection).await;
 }

@@ -86,3 +86,42 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(r.headers["content-type"], "application/problem+json");
     assert_eq!(a.hits(), 3);
 }
+
+/// Reads until the server closes the connection; returns what came and how long it took.
+async fn read_until_closed(s: &mut TcpStream) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the connection stays open")
+            .unwrap_or(0);
+        if n == 0 {
+            return (
+                String::from_utf8_lossy(&all).into_owned(),
+                started.elapsed(),
+            );
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_and_a_stalled_request_head_are_closed() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&limited(&a, "[timeouts]\nidle_ms = 200")).await;
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (reply, took) = read_until_closed(&mut s).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(took >= Duration::from_millis(150), "closed after {took:?}");
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+    let (reply, _) = read_until_closed(&mut s).await;
+    assert!(!reply.contains("200"), "{reply}");
+}
