@@ -1,4 +1,5 @@
-//! Posts: writing one, reading one, and the newest-first listing.
+//! Posts: writing one, editing one (its author only), reading one, and the newest-first
+//! listing.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -25,6 +26,9 @@ pub struct PostSummary {
     pub title: String,
     pub author: String,
     pub created_at: OffsetDateTime,
+    /// With `version`, what HTTP validators of a listing derive from.
+    pub updated_at: OffsetDateTime,
+    pub version: i32,
     pub comment_count: i64,
     pub views: i64,
 }
@@ -35,6 +39,18 @@ pub struct Page {
     pub items: Vec<PostSummary>,
     /// Pass as `before` to get the next page; `None` on the last page.
     pub next_cursor: Option<PostId>,
+}
+
+/// Why a post could not be edited.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdatePostError {
+    #[error("the post does not exist")]
+    NotFound,
+    /// Only a post's author may edit it.
+    #[error("only the post's author may edit it")]
+    Forbidden,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 /// Inserts a post by `author`.
@@ -56,13 +72,64 @@ pub async fn create(
 
 /// The post `id`, if it exists.
 pub async fn get(pool: &PgPool, id: PostId) -> Result<Option<Post>, sqlx::Error> {
+    get_in(pool, id).await
+}
+
+/// Replaces the title and body of post `id` when `editor` wrote it, bumping `version` and
+/// `updated_at` so every HTTP validator derived from them changes. Returns the edited post.
+///
+/// The author check is part of the `UPDATE`'s own `WHERE`, so a concurrent change of ownership
+/// cannot slip between a check and the write.
+pub async fn update(
+    pool: &PgPool,
+    id: PostId,
+    editor: UserId,
+    title: &PostTitle,
+    body: &PostBody,
+) -> Result<Post, UpdatePostError> {
+    let mut tx = pool.begin().await?;
+    // `greatest` keeps `updated_at` strictly increasing even if the clock steps back or two edits
+    // share a transaction timestamp, so `Last-Modified` never goes backwards.
+    let updated: Option<PostId> = sqlx::query_scalar(
+        "UPDATE posts SET title = $3, body = $4, version = version + 1, \
+                          updated_at = greatest(now(), updated_at + interval '1 millisecond') \
+         WHERE id = $1 AND author_id = $2 RETURNING id",
+    )
+    .bind(id)
+    .bind(editor)
+    .bind(title.as_ref())
+    .bind(body.as_ref())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if updated.is_none() {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM posts WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        return Err(if exists {
+            UpdatePostError::Forbidden
+        } else {
+            UpdatePostError::NotFound
+        });
+    }
+    let post = get_in(&mut *tx, id)
+        .await?
+        .ok_or(UpdatePostError::NotFound)?;
+    tx.commit().await?;
+    Ok(post)
+}
+
+async fn get_in<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: PostId,
+) -> Result<Option<Post>, sqlx::Error> {
     sqlx::query_as(
         "SELECT p.id, p.title, p.body, u.username AS author, p.created_at, p.updated_at, \
                 p.version, p.views \
          FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -73,7 +140,8 @@ pub async fn get(pool: &PgPool, id: PostId) -> Result<Option<Post>, sqlx::Error>
 pub async fn list(pool: &PgPool, before: Option<PostId>, limit: u32) -> Result<Page, sqlx::Error> {
     let limit = limit.clamp(1, 100);
     let mut items: Vec<PostSummary> = sqlx::query_as(
-        "SELECT p.id, p.title, u.username AS author, p.created_at, p.views, \
+        "SELECT p.id, p.title, u.username AS author, p.created_at, p.updated_at, p.version, \
+                p.views, \
                 (SELECT count(*) FROM comments c \
                   WHERE c.post_id = p.id AND c.status = 'published') AS comment_count \
          FROM posts p JOIN users u ON u.id = p.author_id \

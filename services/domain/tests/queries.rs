@@ -57,3 +57,39 @@ async fn a_comment_on_a_missing_post_is_refused_and_nothing_is_written() {
         .unwrap();
     assert_eq!(count, 0);
 }
+
+#[tokio::test]
+async fn only_the_author_can_edit_a_post_and_an_edit_bumps_its_version() {
+    use domain::posts::UpdatePostError;
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let other = users::create(&db.pool, &Username::parse("grace").unwrap(), "hash")
+        .await
+        .unwrap();
+    let title = PostTitle::parse("t").unwrap();
+    let body = PostBody::parse("b").unwrap();
+    let id = posts::create(&db.pool, author, &title, &body)
+        .await
+        .unwrap();
+    let before = posts::get(&db.pool, id).await.unwrap().unwrap();
+
+    let new_title = PostTitle::parse("edited").unwrap();
+    let refused = posts::update(&db.pool, id, other, &new_title, &body).await;
+    assert!(matches!(refused, Err(UpdatePostError::Forbidden)));
+    let missing = posts::update(&db.pool, PostId(424242), author, &new_title, &body).await;
+    assert!(matches!(missing, Err(UpdatePostError::NotFound)));
+    assert_eq!(
+        posts::get(&db.pool, id).await.unwrap().unwrap().title,
+        "t",
+        "a refused edit writes nothing"
+    );
+
+    let after = posts::update(&db.pool, id, author, &new_title, &body)
+        .await
+        .unwrap();
+    assert_eq!(after.title, "edited");
+    assert_eq!(after.version, before.version + 1);
+    assert!(after.updated_at > before.updated_at);
+}

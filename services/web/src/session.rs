@@ -1,7 +1,7 @@
 //! The current visitor's session, in the three shapes handlers need it.
 
 use actix_web::HttpRequest;
-use platform_session::{Session, SessionData, transport};
+use platform_session::{Session, SessionData};
 
 use crate::error::PageError;
 use crate::pages::Viewer;
@@ -9,10 +9,7 @@ use crate::startup::AppState;
 
 /// The live session the request presents, if any. Redis errors are errors.
 pub async fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Session>, PageError> {
-    match transport::session_id(req) {
-        Some(id) => Ok(state.sessions.load(&id).await?),
-        None => Ok(None),
-    }
+    Ok(state.sessions.current(req).await?)
 }
 
 /// For pages anyone can read: a Redis outage makes the visitor anonymous instead of failing

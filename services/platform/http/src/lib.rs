@@ -1,14 +1,18 @@
 //! The HTTP surface every scaleout service shares: health and readiness, problem+json errors,
-//! request ids, body limits and client addresses.
+//! HTTP caching semantics, request ids, body limits and client addresses.
 //!
 //! # Layout
 //! - [`HttpSettings`]: `BIND` and the limits every service enforces.
+//! - [`caching`]: Cache-Control policies, ETags, Last-Modified and conditional GET (304).
 //! - [`problem`]: RFC 9457 problem details, the error body of every JSON API.
+//! - [`json`]: JSON body and query extractors whose every failure is a distinct problem.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`middleware`]: request ids with a request span, and the body-size limit.
 //! - [`client_ip`]: the client's address, trusting forwarding headers only from known proxies.
 
+pub mod caching;
 pub mod health;
+pub mod json;
 pub mod middleware;
 pub mod problem;
 

@@ -248,6 +248,19 @@ impl SessionStore {
         }
     }
 
+    /// The live session a request presents (bearer token first, then the `sid` cookie; see
+    /// [`transport::session_id`]), if any. Every front end finds its caller this way, which is
+    /// what makes a web login valid on the API and the reverse.
+    pub async fn current(
+        &self,
+        req: &actix_web::HttpRequest,
+    ) -> Result<Option<Session>, SessionError> {
+        match transport::session_id(req) {
+            Some(id) => self.load(&id).await,
+            None => Ok(None),
+        }
+    }
+
     /// Replaces the old id with a new one holding `data`, in one transaction: after it returns
     /// the old id names nothing. Used on every change of privilege.
     pub async fn rotate(

@@ -1,0 +1,165 @@
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is set"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_anonymous_post_is_publicly_cacheable_with_strong_validators() {
+    let app = spawn_app_with(|s| s.cache.cache_max_age_secs = 42).await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let response = app.get(&format!("/posts/{id}"), None).await;
+    let headers = response.headers();
+    assert_eq!(header(headers, "cache-control"), "public, max-age=42");
+    let etag = header(headers, "etag");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "a strong ETag: {etag}"
+    );
+    assert!(header(headers, "last-modified").ends_with(" GMT"));
+    assert!(headers.contains_key("expires"));
+    assert_eq!(header(headers, "vary"), "Authorization, Cookie");
+}
+
+#[tokio::test]
+async fn a_conditional_get_is_304_until_an_edit_changes_the_etag() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let path = format!("/posts/{id}");
+    let first = app.get(&path, None).await;
+    let etag = header(first.headers(), "etag").to_owned();
+    let last_modified = header(first.headers(), "last-modified").to_owned();
+
+    let cached = app.get_if_none_match(&path, &etag).await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(cached.headers(), "etag"), etag);
+    assert!(header(cached.headers(), "cache-control").starts_with("public"));
+    assert!(
+        cached.bytes().await.unwrap().is_empty(),
+        "a 304 has no body"
+    );
+    let by_date = app
+        .client
+        .get(app.url(&path))
+        .header("if-modified-since", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_date.status(), StatusCode::NOT_MODIFIED);
+
+    let edit = json!({ "title": "Edited", "body": "Body" });
+    let edited = app.put_json(&path, &edit, Some(&token)).await;
+    assert_eq!(edited.status(), StatusCode::OK);
+    let after_edit = header(edited.headers(), "etag").to_owned();
+    assert_ne!(after_edit, etag);
+
+    let stale = app.get_if_none_match(&path, &etag).await;
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert_eq!(header(stale.headers(), "etag"), after_edit);
+    assert_eq!(
+        stale.json::<serde_json::Value>().await.unwrap()["title"],
+        "Edited"
+    );
+    let current = app.get_if_none_match(&path, &after_edit).await;
+    assert_eq!(current.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn the_listing_revalidates_until_a_post_arrives_or_a_comment_is_published() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "One", "Body").await;
+    let first = app.get("/posts", None).await;
+    assert!(header(first.headers(), "cache-control").starts_with("public, max-age="));
+    assert!(first.headers().contains_key("last-modified"));
+    let etag = header(first.headers(), "etag").to_owned();
+    assert_eq!(
+        app.get_if_none_match("/posts", &etag).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+
+    app.create_post(&token, "Two", "Body").await;
+    let after_post = app.get_if_none_match("/posts", &etag).await;
+    assert_eq!(after_post.status(), StatusCode::OK);
+    let etag = header(after_post.headers(), "etag").to_owned();
+
+    let comment: serde_json::Value = app
+        .post_json(
+            &format!("/posts/{id}/comments"),
+            &json!({ "body": "hi" }),
+            Some(&token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get_if_none_match("/posts", &etag).await.status(),
+        StatusCode::NOT_MODIFIED,
+        "a pending comment changes nothing visible"
+    );
+    sqlx::query("UPDATE comments SET status = 'published' WHERE id = $1")
+        .bind(comment["id"].as_i64().unwrap())
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get_if_none_match("/posts", &etag).await.status(),
+        StatusCode::OK,
+        "the comment count changed"
+    );
+}
+
+#[tokio::test]
+async fn authenticated_reads_are_private_and_account_replies_are_never_stored() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    for path in [
+        format!("/posts/{id}"),
+        "/posts".to_owned(),
+        format!("/posts/{id}/comments"),
+    ] {
+        let response = app.get(&path, Some(&token)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(response.headers(), "cache-control"),
+            "private, no-cache",
+            "{path}"
+        );
+        assert_eq!(header(response.headers(), "vary"), "Authorization, Cookie");
+        let anonymous = app.get(&path, None).await;
+        assert!(
+            header(anonymous.headers(), "cache-control").starts_with("public"),
+            "{path}"
+        );
+    }
+    let me = app.get("/me", Some(&token)).await;
+    assert_eq!(header(me.headers(), "cache-control"), "no-store");
+    assert_eq!(header(me.headers(), "vary"), "Authorization, Cookie");
+    assert!(!me.headers().contains_key("etag"));
+}
+
+#[tokio::test]
+async fn the_comment_list_answers_304_while_nothing_is_published() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let path = format!("/posts/{id}/comments");
+    let first = app.get(&path, None).await;
+    let etag = header(first.headers(), "etag").to_owned();
+    assert_eq!(
+        app.get_if_none_match(&path, &etag).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+}
