@@ -64,6 +64,11 @@ impl RateLimiter {
             table.retain(|_, b| {
                 b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            // Still full (many clients at once, say a spoofing flood): forget them all rather
+            // than scan the table on every request.
+            if table.len() >= SHARD_SOFT_CAP {
+                table.clear();
+            }
         }
         let bucket = table.entry(client).or_insert(Bucket {
             tokens: self.burst,
