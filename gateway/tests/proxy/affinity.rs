@@ -59,3 +59,30 @@ async fn a_sticky_cookie_pins_a_client_and_is_repinned_when_its_backend_goes_dow
         assert_eq!(r.body, moved.body);
     }
 }
+
+/// Before any check notices, the retry on another backend already re-pins the client.
+#[tokio::test]
+async fn a_client_pinned_to_a_killed_backend_is_served_and_repinned_at_once() {
+    let stubs = [Stub::start("a").await, Stub::start("b").await];
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\nsticky_cookie = \"aff\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&stubs[0], &stubs[1]])
+    ))
+    .await;
+    let client = TestClient::new();
+    let first = client.get(&gw.url("/")).await;
+    let cookie = cookie_of(&first).unwrap();
+    stubs.iter().find(|s| s.name == first.body).unwrap().kill();
+
+    let moved = client
+        .send(Method::GET, &gw.url("/"), &[("cookie", &cookie)], "")
+        .await;
+    assert_eq!(moved.status, 200);
+    assert_ne!(moved.body, first.body);
+    let repinned = cookie_of(&moved).expect("the client is re-pinned");
+    let again = client
+        .send(Method::GET, &gw.url("/"), &[("cookie", &repinned)], "")
+        .await;
+    assert_eq!(again.body, moved.body);
+    assert!(cookie_of(&again).is_none());
+}
