@@ -6,7 +6,7 @@ use mobile::startup::{Application, prepare_database};
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    platform_telemetry::init("mobile");
+    let _telemetry = platform_telemetry::init("mobile");
     let settings = match platform_config::load::<Settings>() {
         Ok(settings) => settings,
         Err(e) => {

@@ -5,7 +5,7 @@ use web::startup::{Application, prepare_database};
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    platform_telemetry::init("web");
+    let _telemetry = platform_telemetry::init("web");
     let settings = match platform_config::load::<Settings>() {
         Ok(settings) => settings,
         Err(e) => {

@@ -1,42 +1,137 @@
-//! The one place where scaleout processes build their tracing subscriber: structured JSON logs.
+//! The one place where scaleout processes build their telemetry: JSON logs, and OpenTelemetry
+//! traces over OTLP when configured.
 //!
-//! Every binary calls [`init`] first thing in `main`; tests call [`init_for_tests`], which prints
-//! only when `TEST_LOG` is set. Keeping the subscriber's construction here means exporters (such
-//! as OpenTelemetry) are added once for every process.
+//! Every binary calls [`init`] first thing in `main` and keeps the returned [`Telemetry`] alive
+//! until it exits (dropping it flushes the spans still buffered). Tests call
+//! [`init_for_tests`], which prints only when `TEST_LOG` is set.
+//!
+//! Tracing follows the standard OpenTelemetry variables: it is on when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans go
+//! there over OTLP/HTTP, `OTEL_SERVICE_NAME` overrides the service name and
+//! `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` choose the sampler. With neither endpoint set
+//! no OpenTelemetry layer is installed at all, so tracing costs nothing.
+//!
+//! # Layout
+//! - [`init`], [`subscriber`], [`Telemetry`]: building and installing the subscriber.
+//! - [`propagation`]: W3C trace context in and out of HTTP headers and message headers.
+
+pub mod propagation;
 
 use std::io;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::{EnvFilter, Registry};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// Keeps the tracer provider alive; dropping it flushes and shuts down the exporter.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing spans failed: {e}");
+        }
+    }
+}
+
+/// Whether the environment asks for trace export.
+pub fn export_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// A tracer provider exporting over OTLP/HTTP, named `service` unless `OTEL_SERVICE_NAME` says
+/// otherwise.
+fn otlp_provider(service: &'static str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// The layer that turns tracing spans into OpenTelemetry spans of `tracer`.
+pub fn otel_layer<S>(tracer: SdkTracer) -> impl Layer<S> + Send + Sync
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+}
 
 /// A subscriber writing one JSON object per event to `sink`, filtered by `RUST_LOG` (or
-/// `default_filter` when unset), with the fields of the current span on every line.
-pub fn subscriber<W>(default_filter: &str, sink: W) -> impl Subscriber + Send + Sync + use<W>
+/// `default_filter` when unset), with the fields of the enclosing spans (the request id and,
+/// when tracing, the trace id) on every line; plus `otel`, the OpenTelemetry layer, if any.
+pub fn subscriber<W, L>(
+    default_filter: &str,
+    sink: W,
+    otel: Option<L>,
+) -> impl Subscriber + Send + Sync + use<W, L>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    L: Layer<tracing_subscriber::layer::Layered<EnvFilter, Registry>> + Send + Sync,
 {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
+        .with_current_span(false)
+        .with_span_list(true)
         .with_target(true)
         .with_writer(sink);
-    Registry::default().with(filter).with(json)
+    Registry::default().with(filter).with(otel).with(json)
 }
 
-/// Installs the JSON subscriber for a process named `service`, logging to stdout.
+/// Installs the subscriber for a process named `service`: JSON logs to stdout, and trace export
+/// when the OpenTelemetry variables ask for it.
 ///
 /// # Panics
 /// If a global subscriber is already installed: that is a programming error in `main`.
-pub fn init(service: &'static str) {
-    tracing::subscriber::set_global_default(subscriber("info", io::stdout))
+pub fn init(service: &'static str) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = if export_configured() {
+        match otlp_provider(service) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("{service}: trace export disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|p| otel_layer(p.tracer(service)));
+    tracing::subscriber::set_global_default(subscriber("info", io::stdout, otel))
         .expect("the tracing subscriber is installed once, by main");
-    tracing::info!(message = "Starting.", service);
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    tracing::info!(message = "Starting.", service, tracing = provider.is_some());
+    Telemetry { provider }
 }
 
 /// Installs a subscriber for tests: to stdout if `TEST_LOG` is set, else nowhere. Safe to call
@@ -44,10 +139,12 @@ pub fn init(service: &'static str) {
 pub fn init_for_tests() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let none: Option<tracing_subscriber::layer::Identity> = None;
         let result = if std::env::var_os("TEST_LOG").is_some() {
-            tracing::subscriber::set_global_default(subscriber("info", io::stdout))
+            tracing::subscriber::set_global_default(subscriber("info", io::stdout, none))
         } else {
-            tracing::subscriber::set_global_default(subscriber("info", io::sink))
+            tracing::subscriber::set_global_default(subscriber("info", io::sink, none))
         };
         // Another harness may have installed one already; its output is as good as ours.
         let _ = result;
@@ -76,7 +173,8 @@ mod tests {
     fn events_are_one_json_object_per_line_with_span_fields() {
         let buffer = Buffer::default();
         let sink = buffer.clone();
-        let subscriber = subscriber("info", move || sink.clone());
+        let none: Option<tracing_subscriber::layer::Identity> = None;
+        let subscriber = subscriber("info", move || sink.clone(), none);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("request", request_id = "r-1");
             let _entered = span.enter();
