@@ -3,6 +3,7 @@
 
 use platform_db::DbSettings;
 use platform_http::HttpSettings;
+use platform_http::caching::CacheSettings;
 use platform_redis::RedisSettings;
 use platform_session::SessionSettings;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ pub struct Settings {
     pub redis: RedisSettings,
     #[serde(flatten)]
     pub session: SessionSettings,
+    /// `CACHE_MAX_AGE_SECS`: how long caches may reuse the pages anonymous visitors get.
+    #[serde(flatten)]
+    pub cache: CacheSettings,
     /// `PAGE_SIZE`: posts per page of the front page.
     pub page_size: u32,
     /// `LOGIN_ATTEMPTS_PER_ACCOUNT`: login attempts allowed per username per window.
@@ -43,6 +47,7 @@ impl Default for Settings {
             db: DbSettings::default(),
             redis: RedisSettings::default(),
             session: SessionSettings::default(),
+            cache: CacheSettings::default(),
             page_size: 20,
             login_attempts_per_account: 10,
             login_attempts_per_client: 50,

@@ -5,6 +5,7 @@
 //! `domain` crate, which the mobile API shares.
 //!
 //! # Layout
+//! - [`assets`]: the stylesheet, served under a content-hashed name.
 //! - [`configuration`]: the settings and their environment variables.
 //! - [`startup`]: [`startup::Application`], which binds, wires and runs the server.
 //! - [`routes`]: one module per group of pages.
@@ -12,6 +13,7 @@
 //! - [`error`]: [`error::PageError`], rendered as a readable page.
 //! - [`pages`]: the askama templates' types.
 
+pub mod assets;
 pub mod configuration;
 pub mod error;
 pub mod pages;

@@ -22,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/login", web::get().to(account::login_form))
         .route("/login", web::post().to(account::login))
         .route("/logout", web::post().to(account::logout))
+        .route("/static/{name}", web::get().to(crate::assets::serve))
         .default_service(web::to(|| async { PageError::NotFound.error_response() }));
 }
 

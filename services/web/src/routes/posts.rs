@@ -2,7 +2,9 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use domain::{PostBody, PostId, PostTitle, UserId, comments, posts};
+use platform_http::caching::{CacheHeaders, Fingerprint, Policy, VARY_CREDENTIALS};
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use super::{html, see_other, set_session_cookie};
 use crate::error::PageError;
@@ -13,6 +15,33 @@ use crate::startup::AppState;
 #[derive(Deserialize)]
 pub(super) struct HomeQuery {
     before: Option<i64>,
+}
+
+/// The cache headers of a page anyone can read. Anonymous visitors all get the same bytes, so
+/// any cache may share them, with validators from the versions the page is made of; a signed-in
+/// visitor's page carries their name and CSRF token, so no cache may keep it.
+///
+/// Besides the content, a page depends on the templates and the stylesheet's name, so the build
+/// (package version) and the stylesheet path are part of every page's fingerprint.
+fn readable_page_cache(
+    state: &AppState,
+    viewer: &Viewer,
+    fingerprint: Fingerprint,
+    last_modified: Option<OffsetDateTime>,
+) -> CacheHeaders {
+    if viewer.username.is_some() {
+        return CacheHeaders::new(Policy::NoStore).vary(VARY_CREDENTIALS);
+    }
+    let fingerprint = fingerprint
+        .part(env!("CARGO_PKG_VERSION"))
+        .part(crate::assets::stylesheet_path());
+    let cache = CacheHeaders::new(state.settings.cache.public())
+        .etag(&fingerprint)
+        .vary(VARY_CREDENTIALS);
+    match last_modified {
+        Some(at) => cache.last_modified(at),
+        None => cache,
+    }
 }
 
 /// `GET /`: the newest posts, a page at a time.
@@ -28,14 +57,31 @@ pub(super) async fn home(
         state.settings.page_size,
     )
     .await?;
-    let private = viewer.username.is_some();
+    // What changes the page: posts arriving (ids), edits (versions), published comments
+    // (counts), views, and where the next page starts.
+    let mut fingerprint = Fingerprint::new("web-home");
+    for item in &page.items {
+        fingerprint = fingerprint
+            .part(item.id)
+            .part(item.version)
+            .part(item.comment_count)
+            .part(item.views);
+    }
+    let fingerprint = fingerprint.part(page.next_cursor.map(|c| c.0).unwrap_or(0));
+    let newest = page.items.iter().map(|p| p.updated_at).max();
+    let cache = readable_page_cache(&state, &viewer, fingerprint, newest);
+    if let Some(not_modified) = cache.not_modified(&req) {
+        return Ok(not_modified);
+    }
+    let mut builder = HttpResponse::Ok();
+    cache.apply(&mut builder);
     html(
-        HttpResponse::Ok(),
+        builder,
         &HomePage {
             viewer,
             page: &page,
         },
-        private,
+        false,
     )
 }
 
@@ -54,15 +100,31 @@ pub(super) async fn show_post(
         .await?
         .ok_or(PageError::NotFound)?;
     let comments = comments::list_visible(&state.pool, id).await?;
-    let private = viewer.username.is_some();
+    // The post changes by edits (version) and views; its comments by being published (ids)
+    // and scored (sentiment).
+    let mut fingerprint = Fingerprint::new("web-post")
+        .part(post.id)
+        .part(post.version)
+        .part(post.views);
+    for c in &comments {
+        fingerprint = fingerprint
+            .part(c.id)
+            .part(c.sentiment_label.as_deref().unwrap_or("-"));
+    }
+    let cache = readable_page_cache(&state, &viewer, fingerprint, Some(post.updated_at));
+    if let Some(not_modified) = cache.not_modified(&req) {
+        return Ok(not_modified);
+    }
+    let mut builder = HttpResponse::Ok();
+    cache.apply(&mut builder);
     html(
-        HttpResponse::Ok(),
+        builder,
         &PostPage {
             viewer,
             post: &post,
             comments: &comments,
         },
-        private,
+        false,
     )
 }
 

@@ -2,6 +2,7 @@
 //! tests keeps link time down.
 
 mod accounts;
+mod caching;
 mod health;
 mod helpers;
 mod posts;
