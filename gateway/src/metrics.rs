@@ -78,20 +78,18 @@ impl LocalResponses {
     }
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
 /// Renders everything in the Prometheus text format.
 pub fn render(upstreams: &[Arc<Upstream>], local: &LocalResponses) -> String {
     let mut out = String::with_capacity(4096);
     out.push_str(
-        "# HELP gateway_requests_total Responses from backends, by upstream, backend and status class.\n# TYPE gateway_requests_total counter\n",
+        "# HELP gateway_requests_total Responses from backends, by upstream, backend and status code.\n# TYPE gateway_requests_total counter\n",
     );
     for u in upstreams {
         for b in &u.backends().backends {
-            for (class, n) in CLASSES.iter().zip(b.responses()) {
+            for (status, n) in b.responses() {
                 let _ = writeln!(
                     out,
-                    "gateway_requests_total{{upstream=\"{}\",backend=\"{}\",status=\"{class}\"}} {n}",
+                    "gateway_requests_total{{upstream=\"{}\",backend=\"{}\",status=\"{status}\"}} {n}",
                     u.name, b.addr_text
                 );
             }

@@ -55,8 +55,9 @@ pub struct Backend {
     in_flight: AtomicU64,
     requests_total: AtomicU64,
     failures_total: AtomicU64,
-    /// Responses by status class, 1xx to 5xx.
-    responses: [AtomicU64; 5],
+    /// Responses by status code, index `status - 100` (100 to 599): lock-free counting of
+    /// exact codes for 4 KiB per backend.
+    responses: Box<[AtomicU64]>,
     healthy: AtomicBool,
     draining: AtomicBool,
     checks_ok: AtomicU32,
@@ -91,7 +92,7 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
-            responses: Default::default(),
+            responses: (100..600).map(|_| AtomicU64::new(0)).collect(),
             // Backends start in rotation: a gateway that starts (or reloads) must not answer
             // 503 for a whole health-check window. Passive ejection and retries cover a
             // backend that is in fact down.
@@ -148,9 +149,13 @@ impl Backend {
         self.failures_total.load(Ordering::Relaxed)
     }
 
-    /// Responses by status class (index 0 is 1xx).
-    pub fn responses(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    /// Responses by status code, codes never seen left out.
+    pub fn responses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.responses
+            .iter()
+            .zip(100u16..)
+            .map(|(c, status)| (status, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
     }
 
     /// Counts a request as started; the guard ends it.
@@ -162,10 +167,7 @@ impl Backend {
 
     /// Records a response status from this backend.
     pub fn record_status(&self, status: u16, passive_limit: u32) {
-        if let Some(c) = self
-            .responses
-            .get(usize::from(status / 100).wrapping_sub(1))
-        {
+        if let Some(c) = self.responses.get(usize::from(status).wrapping_sub(100)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
         if status >= 500 {

@@ -49,7 +49,7 @@ async fn metrics_and_healthz_are_served_on_the_admin_listener() {
     let backend = a.addr;
     assert!(
         m.contains(&format!(
-            "gateway_requests_total{{upstream=\"web\",backend=\"{backend}\",status=\"2xx\"}} 1"
+            "gateway_requests_total{{upstream=\"web\",backend=\"{backend}\",status=\"200\"}} 1"
         )),
         "{m}"
     );
