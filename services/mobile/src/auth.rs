@@ -45,7 +45,7 @@ pub async fn session(state: &AppState, req: &HttpRequest) -> Result<Session, Api
         .current(req)
         .await?
         .ok_or(ApiError::Unauthorized {
-            token_presented: transport::session_id(req).is_some() || presents_credentials(req),
+            token_presented: presents_credentials(req),
         })
 }
 

@@ -5,7 +5,7 @@ mod comments;
 mod posts;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CACHE_CONTROL, VARY};
+use actix_web::http::header::{ALLOW, CACHE_CONTROL, HeaderValue, VARY};
 use actix_web::{HttpResponseBuilder, ResponseError, web};
 use platform_http::Problem;
 use platform_http::caching::VARY_CREDENTIALS;
@@ -17,46 +17,55 @@ use crate::error::ApiError;
 /// The path prefix of every endpoint.
 pub const PREFIX: &str = "/api/v1";
 
-/// Mounts every endpoint. Each resource answers an unsupported method with a 405 problem, and
+/// Mounts every endpoint. The cacheable reads answer `HEAD` too (headers only, validators
+/// included). Each resource answers an unsupported method with a 405 problem, and
 /// anything else is a 404 problem.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope(PREFIX)
-            .service(resource("/auth/register").route(web::post().to(account::register)))
-            .service(resource("/auth/login").route(web::post().to(account::login)))
-            .service(resource("/auth/logout").route(web::post().to(account::logout)))
-            .service(resource("/me").route(web::get().to(account::me)))
+            .service(resource("/auth/register", "POST").route(web::post().to(account::register)))
+            .service(resource("/auth/login", "POST").route(web::post().to(account::login)))
+            .service(resource("/auth/logout", "POST").route(web::post().to(account::logout)))
+            .service(resource("/me", "GET").route(web::get().to(account::me)))
             .service(
-                resource("/posts")
+                resource("/posts", "GET, HEAD, POST")
                     .route(web::get().to(posts::list))
+                    .route(web::head().to(posts::list))
                     .route(web::post().to(posts::create)),
             )
             .service(
-                resource("/posts/{id}")
+                resource("/posts/{id}", "GET, HEAD, PUT")
                     .route(web::get().to(posts::show))
+                    .route(web::head().to(posts::show))
                     .route(web::put().to(posts::update)),
             )
             .service(
-                resource("/posts/{id}/comments")
+                resource("/posts/{id}/comments", "GET, HEAD, POST")
                     .route(web::get().to(comments::list))
+                    .route(web::head().to(comments::list))
                     .route(web::post().to(comments::submit)),
             )
-            .service(resource("/comments/{id}").route(web::get().to(comments::status))),
+            .service(resource("/comments/{id}", "GET").route(web::get().to(comments::status))),
     )
     .default_service(web::to(|| async {
         ApiError::NotFound("The resource").error_response()
     }));
 }
 
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        Problem::new(
+/// A resource whose unsupported methods get a 405 problem naming the `allow`ed ones.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
         )
-        .with_detail("This endpoint does not support that method.")
-        .error_response()
+        .with_detail(format!("This endpoint supports {allow}."))
+        .error_response();
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+        response
     }))
 }
 

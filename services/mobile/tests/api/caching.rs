@@ -163,3 +163,24 @@ async fn the_comment_list_answers_304_while_nothing_is_published() {
         StatusCode::NOT_MODIFIED
     );
 }
+
+#[tokio::test]
+async fn head_answers_with_the_validators_and_no_body() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let path = format!("/posts/{id}");
+    let etag = header(app.get(&path, None).await.headers(), "etag").to_owned();
+    let head = app.client.head(app.url(&path)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(head.headers(), "etag"), etag);
+    assert!(head.bytes().await.unwrap().is_empty());
+    let conditional = app
+        .client
+        .head(app.url(&path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
+}

@@ -152,6 +152,7 @@ async fn unknown_routes_and_methods_are_problems_too() {
         (StatusCode::NOT_FOUND, "not-found")
     );
     let response = app.client.delete(app.url("/posts/1")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "GET, HEAD, PUT");
     let (status, kind, _) = problem(response).await;
     assert_eq!(
         (status, kind.as_str()),

@@ -35,11 +35,13 @@ pub fn body_problem(err: &JsonPayloadError) -> Problem {
             Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
                 .with_detail(format!("The body is not valid JSON: {e}."))
         }
+        // The body-limit middleware cut a streamed (chunked) body off.
         JsonPayloadError::Payload(actix_web::error::PayloadError::Overflow) => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",
             "Request body too large",
-        ),
+        )
+        .with_detail("The body is larger than this service accepts."),
         other => Problem::new(StatusCode::BAD_REQUEST, "invalid-body", "Invalid body")
             .with_detail(format!("The body could not be read: {other}.")),
     }
@@ -99,7 +101,10 @@ mod tests {
         if status == 204 {
             return (status, String::new());
         }
-        assert_eq!(res.headers().get("content-type").unwrap(), crate::problem::CONTENT_TYPE);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            crate::problem::CONTENT_TYPE
+        );
         let problem: serde_json::Value = test::read_body_json(res).await;
         (
             status,

@@ -13,10 +13,13 @@ use crate::startup::AppState;
 
 /// Mounts every page.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The cacheable pages answer `HEAD` too: headers and validators without the body.
     cfg.route("/", web::get().to(posts::home))
+        .route("/", web::head().to(posts::home))
         .route("/posts/new", web::get().to(posts::new_post_form))
         .route("/posts", web::post().to(posts::create_post))
         .route("/posts/{id}", web::get().to(posts::show_post))
+        .route("/posts/{id}", web::head().to(posts::show_post))
         .route("/register", web::get().to(account::register_form))
         .route("/register", web::post().to(account::register))
         .route("/login", web::get().to(account::login_form))
