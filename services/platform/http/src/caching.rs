@@ -307,7 +307,10 @@ mod tests {
         let res = headers().vary(VARY_CREDENTIALS).not_modified(&req).unwrap();
         assert_eq!(res.status(), 304);
         assert_eq!(res.headers().get("etag").unwrap(), current.as_str());
-        assert_eq!(res.headers().get("cache-control").unwrap(), "public, max-age=60");
+        assert_eq!(
+            res.headers().get("cache-control").unwrap(),
+            "public, max-age=60"
+        );
         assert_eq!(res.headers().get("vary").unwrap(), VARY_CREDENTIALS);
         assert!(res.headers().contains_key("last-modified"));
     }
