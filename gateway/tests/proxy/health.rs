@@ -177,3 +177,31 @@ async fn with_no_healthy_backend_the_answer_is_a_fast_503_problem() {
     assert_eq!(r.headers["content-type"], "application/problem+json");
     assert!(r.body.contains("no healthy backend"), "{}", r.body);
 }
+
+/// Without active checks, consecutive 5xx answers eject a backend and `passive_eject_ms` later
+/// it gets traffic again.
+#[tokio::test]
+async fn consecutive_5xx_answers_eject_a_backend_passively_until_its_eject_time_passes() {
+    let (a, b) = (Stub::start("a").await, Stub::start("b").await);
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\npassive_failures = 2\npassive_eject_ms = 200\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a, &b])
+    ))
+    .await;
+    let client = TestClient::new();
+    a.set_failing(true);
+    let replies = sequential_gets(&client, &gw, 10).await;
+    // A 5xx is an answer, passed on and not retried; the second one in a row ejects `a`.
+    assert_eq!(replies.iter().filter(|r| r.status == 500).count(), 2);
+    assert!(replies[4..].iter().all(|r| r.body == "b"));
+    let a_addr = a.addr.to_string();
+    assert_eq!(gw.backends(&client, "web").await[&a_addr]["healthy"], false);
+
+    a.set_failing(false);
+    eventually(Duration::from_secs(5), "a readmitted", || async {
+        gw.backends(&client, "web").await[&a_addr]["healthy"] == true
+    })
+    .await;
+    let replies = sequential_gets(&client, &gw, 4).await;
+    assert!(replies.iter().any(|r| r.body == "a"));
+}

@@ -30,6 +30,8 @@ pub(crate) struct StubState {
     pub(crate) hits: AtomicUsize,
     /// Whether `/healthz` answers 200 (otherwise 503).
     pub(crate) unhealthy: AtomicBool,
+    /// Whether every answer (health checks aside) is a 500.
+    pub(crate) failing: AtomicBool,
     /// Delay before each answer, in milliseconds.
     pub(crate) delay_ms: AtomicU64,
     /// Headers of the last request.
@@ -96,6 +98,10 @@ impl Stub {
         self.state.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
     pub(crate) fn last_headers(&self) -> HeaderMap {
         self.state.last_headers.lock().unwrap().clone()
     }
@@ -134,6 +140,11 @@ async fn answer(
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if state.failing.load(Ordering::SeqCst) {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"broken")));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return Ok(r);
     }
     let echo = req.uri().path().starts_with("/echo");
     let body = req
