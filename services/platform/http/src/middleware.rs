@@ -42,17 +42,37 @@ pub async fn request_span(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    // Field names follow OpenTelemetry's HTTP server conventions; `otel.*` fields name and
+    // classify the span when traces are exported.
     let span = tracing::info_span!(
         "http.request",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = %req.path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         request_id = %id,
-        http.method = %req.method(),
-        http.target = %req.path(),
-        http.status = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    // Continue the caller's trace (the gateway's span) when it sent a `traceparent`.
+    platform_telemetry::propagation::set_remote_parent(&span, |name| {
+        req.headers().get(name).and_then(|v| v.to_str().ok())
+    });
+    if let Some((trace_id, span_id)) = platform_telemetry::propagation::ids(&span) {
+        span.record("trace_id", trace_id);
+        span.record("span_id", span_id);
+    }
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
-    span.record("http.status", status);
+    span.record("http.response.status_code", status);
+    if let Some(route) = res.request().match_pattern() {
+        let name = format!("{} {route}", res.request().method());
+        platform_telemetry::propagation::rename(&span, name);
+        span.record("http.route", route);
+    }
     span.in_scope(|| {
         tracing::info!(
             message = "Request completed.",
@@ -108,4 +128,53 @@ pub async fn limit_body(
         });
     }
     next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::middleware::from_fn;
+    use actix_web::{App, HttpResponse, test};
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[actix_web::test]
+    async fn a_request_continues_the_callers_trace_and_names_its_span_by_route() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(platform_telemetry::otel_layer(provider.tracer("test")));
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let app = test::init_service(
+            App::new()
+                .route("/posts/{id}", actix_web::web::get().to(HttpResponse::Ok))
+                .wrap(from_fn(request_span)),
+        )
+        .await;
+        let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let caller_span = "00f067aa0ba902b7";
+        let req = test::TestRequest::get()
+            .uri("/posts/7")
+            .insert_header(("traceparent", format!("00-{caller_trace}-{caller_span}-01")))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().contains_key("x-request-id"));
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+        let span = spans
+            .iter()
+            .find(|s| s.name == "GET /posts/{id}")
+            .unwrap_or_else(|| panic!("the request span among {names:?}"));
+        assert_eq!(span.span_context.trace_id().to_string(), caller_trace);
+        assert_eq!(span.parent_span_id.to_string(), caller_span);
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Server);
+    }
 }

@@ -60,6 +60,16 @@ pub fn add_remote_link<'a>(span: &tracing::Span, get: impl Fn(&str) -> Option<&'
     }
 }
 
+/// Renames the exported span of `span`, for names known only once work is under way (an HTTP
+/// span is named after its route, which routing decides). A no-op when tracing is off.
+pub fn rename(span: &tracing::Span, name: String) {
+    let cx = span.context();
+    let otel = cx.span();
+    if otel.span_context().is_valid() {
+        otel.update_name(name);
+    }
+}
+
 /// The trace and span ids of `span` as hex, when it is being traced.
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let cx = span.context();
