@@ -1,8 +1,14 @@
 //! Comments: what a post's page shows. Only published comments are visible; pending ones wait
 //! for the spam check and rejected ones stay hidden.
+//!
+//! Submitting writes the comment and its `comment.submitted` event to the outbox in one
+//! transaction; the spam and sentiment workers write their verdicts back through
+//! [`apply_spam_verdict`] and [`apply_sentiment`], each with its inbox row, so a message
+//! delivered twice changes nothing.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::{CommentBody, PostId, UserId};
 
@@ -56,6 +62,45 @@ pub enum SubmitCommentError {
     Database(#[from] sqlx::Error),
 }
 
+/// The W3C trace context of the request that submits a comment, carried with its event so the
+/// workers' spans join the request's trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+    pub traceparent: Option<String>,
+    /// `tracestate`: vendor data, passed along untouched.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The context from incoming header values; a malformed `traceparent` is dropped (with its
+    /// `tracestate`, which means nothing without it) rather than carried into the pipeline.
+    pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        match traceparent.filter(|t| is_traceparent(t)) {
+            Some(parent) => Self {
+                traceparent: Some(parent.to_owned()),
+                tracestate: tracestate
+                    .filter(|s| s.len() <= 512 && s.is_ascii())
+                    .map(str::to_owned),
+            },
+            None => Self::default(),
+        }
+    }
+}
+
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
+/// The routing key and outbox event type of a newly submitted comment.
+pub const COMMENT_SUBMITTED: &str = "comment.submitted";
+
 /// Stores a new comment as `pending`, in one transaction with everything that must happen
 /// with it: the comment is accepted whole or not at all.
 pub async fn submit(
@@ -64,13 +109,41 @@ pub async fn submit(
     author: UserId,
     body: &CommentBody,
 ) -> Result<CommentId, SubmitCommentError> {
+    submit_traced(pool, post, author, body, &TraceContext::default()).await
+}
+
+/// [`submit`], carrying the submitting request's trace context into the event.
+///
+/// The comment and its `comment.submitted` outbox row are written by one statement in one
+/// transaction: either both exist or neither does, so a comment that was accepted always has
+/// an event for the relay to publish, and no event announces a comment that was rolled back.
+/// Nothing here talks to the broker; the caller answers as soon as this returns.
+pub async fn submit_traced(
+    pool: &PgPool,
+    post: PostId,
+    author: UserId,
+    body: &CommentBody,
+    trace: &TraceContext,
+) -> Result<CommentId, SubmitCommentError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query_scalar(
-        "INSERT INTO comments (post_id, author_id, body) VALUES ($1, $2, $3) RETURNING id",
+        "WITH c AS ( \
+             INSERT INTO comments (post_id, author_id, body) VALUES ($1, $2, $3) \
+             RETURNING id, post_id, author_id, body, created_at) \
+         INSERT INTO outbox (event_type, payload, traceparent, tracestate) \
+         SELECT $4, jsonb_build_object( \
+                    'comment_id', c.id, 'post_id', c.post_id, 'author_id', c.author_id, \
+                    'author', u.username, 'body', c.body, 'submitted_at', c.created_at), \
+                $5, $6 \
+         FROM c JOIN users u ON u.id = c.author_id \
+         RETURNING (payload->>'comment_id')::bigint",
     )
     .bind(post)
     .bind(author)
     .bind(body.as_ref())
+    .bind(COMMENT_SUBMITTED)
+    .bind(trace.traceparent.as_deref())
+    .bind(trace.tracestate.as_deref())
     .fetch_one(&mut *tx)
     .await;
     let id = match inserted {
@@ -82,6 +155,111 @@ pub async fn submit(
     };
     tx.commit().await?;
     Ok(id)
+}
+
+/// Whether a worker's message changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The effect and the inbox row committed together.
+    Done,
+    /// The inbox already held this message: a redelivery or a duplicate, and nothing changed.
+    Duplicate,
+}
+
+/// A comment's sentiment, from VADER's compound score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentimentLabel {
+    Positive,
+    Neutral,
+    Negative,
+}
+
+impl SentimentLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Positive => "positive",
+            Self::Neutral => "neutral",
+            Self::Negative => "negative",
+        }
+    }
+}
+
+/// Records message `message_id` as processed by `consumer`, inside `tx`. `false` means it was
+/// already there: the caller rolls back and reports a duplicate.
+///
+/// Two deliveries of one message racing in two workers serialise on the primary key: the second
+/// insert waits for the first transaction, then finds the row and does nothing.
+async fn claim_message(
+    tx: &mut sqlx::PgConnection,
+    consumer: &str,
+    message_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .execute(tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// The spam check's effect: stores the verdict and moves a pending comment to `published`
+/// (ham) or `rejected` (spam), together with the inbox row of `message_id`, in one transaction.
+///
+/// A comment already out of `pending` keeps its status (a verdict never flips a decision), and
+/// a comment deleted since it was submitted leaves nothing to update; both still record the
+/// message, so it is not retried.
+pub async fn apply_spam_verdict(
+    pool: &PgPool,
+    consumer: &str,
+    message_id: Uuid,
+    comment: CommentId,
+    is_spam: bool,
+    spam_score: f64,
+) -> Result<Applied, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !claim_message(&mut tx, consumer, message_id).await? {
+        return Ok(Applied::Duplicate);
+    }
+    sqlx::query(
+        "UPDATE comments SET spam_verdict = $2, spam_score = $3, \
+                status = CASE WHEN status = 'pending' THEN $4 ELSE status END \
+         WHERE id = $1",
+    )
+    .bind(comment)
+    .bind(if is_spam { "spam" } else { "ham" })
+    .bind(spam_score)
+    .bind(if is_spam { "rejected" } else { "published" })
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Applied::Done)
+}
+
+/// The sentiment check's effect: stores the score and its label together with the inbox row of
+/// `message_id`, in one transaction. It does not touch the status, so it may land before or
+/// after the spam verdict.
+pub async fn apply_sentiment(
+    pool: &PgPool,
+    consumer: &str,
+    message_id: Uuid,
+    comment: CommentId,
+    score: f64,
+    label: SentimentLabel,
+) -> Result<Applied, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !claim_message(&mut tx, consumer, message_id).await? {
+        return Ok(Applied::Duplicate);
+    }
+    sqlx::query("UPDATE comments SET sentiment_score = $2, sentiment_label = $3 WHERE id = $1")
+        .bind(comment)
+        .bind(score.clamp(-1.0, 1.0))
+        .bind(label.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Applied::Done)
 }
 
 /// The moderation status of comment `id`, if it exists.

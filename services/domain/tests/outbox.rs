@@ -1,0 +1,146 @@
+//! The comment pipeline's database side: submit writes the comment and its event together, and
+//! the workers' effects apply once per message.
+
+use domain::comments::{self, Applied, SentimentLabel, SubmitCommentError, TraceContext};
+use domain::{CommentBody, PostBody, PostId, PostTitle, UserId, Username, posts, users};
+use platform_testing::TestDatabase;
+use uuid::Uuid;
+
+async fn author_and_post(db: &TestDatabase) -> (UserId, PostId) {
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let post = posts::create(
+        &db.pool,
+        author,
+        &PostTitle::parse("t").unwrap(),
+        &PostBody::parse("b").unwrap(),
+    )
+    .await
+    .unwrap();
+    (author, post)
+}
+
+#[tokio::test]
+async fn a_submitted_comment_and_its_event_are_written_together() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let trace = TraceContext::from_headers(
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        Some("vendor=1"),
+    );
+    let id = comments::submit_traced(
+        &db.pool,
+        post,
+        author,
+        &CommentBody::parse("hello").unwrap(),
+        &trace,
+    )
+    .await
+    .unwrap();
+    let (event_type, comment_id, body, author_name, traceparent, published): (
+        String,
+        i64,
+        String,
+        String,
+        Option<String>,
+        Option<time::OffsetDateTime>,
+    ) = sqlx::query_as(
+        "SELECT event_type, (payload->>'comment_id')::bigint, payload->>'body', \
+                payload->>'author', traceparent, published_at FROM outbox",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(event_type, comments::COMMENT_SUBMITTED);
+    assert_eq!(comment_id, id.0);
+    assert_eq!(body, "hello");
+    assert_eq!(author_name, "ada");
+    assert_eq!(traceparent, trace.traceparent);
+    assert!(published.is_none(), "waiting for the relay");
+}
+
+#[tokio::test]
+async fn a_refused_comment_leaves_no_event_behind() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, _) = author_and_post(&db).await;
+    let result = comments::submit(
+        &db.pool,
+        PostId(424242),
+        author,
+        &CommentBody::parse("hi").unwrap(),
+    )
+    .await;
+    assert!(matches!(result, Err(SubmitCommentError::PostNotFound)));
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+}
+
+#[test]
+fn a_malformed_traceparent_is_dropped_with_its_tracestate() {
+    let trace = TraceContext::from_headers(Some("00-nothex-01"), Some("vendor=1"));
+    assert_eq!(trace, TraceContext::default());
+}
+
+#[tokio::test]
+async fn a_verdict_applies_once_however_often_its_message_arrives() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let id = comments::submit(&db.pool, post, author, &CommentBody::parse("hi").unwrap())
+        .await
+        .unwrap();
+    let message = Uuid::new_v4();
+    let first = comments::apply_spam_verdict(&db.pool, "spam", message, id, false, 0.1)
+        .await
+        .unwrap();
+    assert_eq!(first, Applied::Done);
+    // The same message again, even carrying another verdict, changes nothing.
+    let again = comments::apply_spam_verdict(&db.pool, "spam", message, id, true, 0.99)
+        .await
+        .unwrap();
+    assert_eq!(again, Applied::Duplicate);
+    let status = comments::status(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(status.status, "published");
+
+    // Another consumer's inbox is its own.
+    let scored = comments::apply_sentiment(
+        &db.pool,
+        "sentiment",
+        message,
+        id,
+        0.6,
+        SentimentLabel::Positive,
+    )
+    .await
+    .unwrap();
+    assert_eq!(scored, Applied::Done);
+    let status = comments::status(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(status.sentiment_label.as_deref(), Some("positive"));
+    assert_eq!(
+        comments::list_visible(&db.pool, post).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn spam_is_rejected_and_stays_hidden() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let id = comments::submit(&db.pool, post, author, &CommentBody::parse("buy").unwrap())
+        .await
+        .unwrap();
+    comments::apply_spam_verdict(&db.pool, "spam", Uuid::new_v4(), id, true, 0.99)
+        .await
+        .unwrap();
+    let status = comments::status(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(status.status, "rejected");
+    assert!(
+        comments::list_visible(&db.pool, post)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

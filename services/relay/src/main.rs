@@ -1,0 +1,43 @@
+//! The `relay` binary: drains the outbox into RabbitMQ until SIGTERM, serving `/healthz` and
+//! `/readyz` on `BIND` (default `127.0.0.1:9303`).
+
+use anyhow::Context;
+use relay::{Relay, Settings, health};
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = platform_telemetry::init("relay");
+    let settings = match platform_config::load::<Settings>() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            // EX_USAGE: the configuration, not the program, is wrong.
+            std::process::exit(64);
+        }
+    };
+    if settings.run_migrations {
+        platform_db::ensure_database(&settings.db)
+            .await
+            .context("Failed to create the database")?;
+    }
+    let pool = platform_db::connect(&settings.db)?;
+    if settings.run_migrations {
+        platform_db::migrate(&pool, &domain::MIGRATOR)
+            .await
+            .context("Failed to migrate the database")?;
+    }
+    let relay = Relay::new(pool.clone(), settings.clone());
+    let (port, server) = health::serve(&settings.http, pool, relay.connected_flag())?;
+    tracing::info!(message = "Listening.", port);
+    let server_handle = server.handle();
+    tokio::spawn(server);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        health::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    relay.run(stopped).await;
+    server_handle.stop(true).await;
+    Ok(())
+}

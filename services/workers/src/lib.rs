@@ -1,0 +1,297 @@
+//! The scaleout comment workers: a naive Bayes spam check and a VADER sentiment score, each
+//! consuming its own queue idempotently.
+//!
+//! Both workers read `comment.submitted` events from their own quorum queue
+//! (`comments.spam`, `comments.sentiment`) and write their verdict to the comment together
+//! with an inbox row `(consumer, message_id)` in one transaction; the ack follows the commit.
+//! A redelivered or duplicated message finds its inbox row and changes nothing. They hold no
+//! state between messages, so any number of each can run, and either may finish first.
+//!
+//! # Layout
+//! - [`Settings`], [`SpamSettings`], [`SentimentSettings`]: `BIND`, database, broker,
+//!   `CONSUME_MODE`, `PREFETCH`, `SPAM_THRESHOLD`.
+//! - [`SpamHandler`], [`SentimentHandler`]: one message's work.
+//! - [`classifier`], the naive Bayes model and its training and evaluation helpers.
+//! - [`sentiment`], VADER.
+//! - [`run_worker`]: what each binary's `main` runs; [`health`]: `/healthz`, `/readyz`.
+
+pub mod classifier;
+pub mod health;
+pub mod sentiment;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::comments::{self, Applied, CommentId};
+use platform_db::DbSettings;
+use platform_http::HttpSettings;
+use platform_messaging::{
+    AmqpSettings, CommentSubmitted, ConsumeMode, Consumer, Envelope, HandlerError, IncomingMessage,
+    MessageHandler, Topology,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::classifier::SpamModel;
+use crate::sentiment::Sentiment;
+
+/// The inbox name of the spam worker.
+pub const SPAM_CONSUMER: &str = "spam-worker";
+/// The inbox name of the sentiment worker.
+pub const SENTIMENT_CONSUMER: &str = "sentiment-worker";
+
+/// What both workers read; each field is the environment variable of its name in upper case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub http: HttpSettings,
+    #[serde(flatten)]
+    pub db: DbSettings,
+    #[serde(flatten)]
+    pub amqp: AmqpSettings,
+    /// `CONSUME_MODE`: `push` (`basic.consume`, the default) or `pull` (`basic.get`).
+    pub consume_mode: ConsumeMode,
+    /// `PREFETCH`: unacknowledged messages the broker hands this worker at once; also how many
+    /// it handles concurrently.
+    pub prefetch: u16,
+    /// `PULL_INTERVAL_MS`: in pull mode, the pause after finding the queue empty.
+    pub pull_interval_ms: u64,
+    /// `RUN_MIGRATIONS`: create and migrate the database at start (safe with many replicas).
+    pub run_migrations: bool,
+}
+
+impl Default for Settings {
+    /// The spam worker's defaults; the sentiment worker's differ only in `BIND`.
+    fn default() -> Self {
+        Self::with_bind("127.0.0.1:9301")
+    }
+}
+
+impl Settings {
+    fn with_bind(bind: &str) -> Self {
+        Self {
+            http: HttpSettings {
+                bind: bind.to_owned(),
+                http_workers: 1,
+                ..HttpSettings::default()
+            },
+            db: DbSettings::default(),
+            amqp: AmqpSettings::default(),
+            consume_mode: ConsumeMode::Push,
+            prefetch: 32,
+            pull_interval_ms: 50,
+            run_migrations: true,
+        }
+    }
+}
+
+/// The spam worker's settings: [`Settings`] on `127.0.0.1:9301`, and its threshold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpamSettings {
+    #[serde(flatten)]
+    pub common: Settings,
+    /// `SPAM_THRESHOLD`: a comment whose spam probability is at least this is rejected.
+    pub spam_threshold: f64,
+}
+
+impl Default for SpamSettings {
+    fn default() -> Self {
+        Self {
+            common: Settings::with_bind("127.0.0.1:9301"),
+            spam_threshold: DEFAULT_SPAM_THRESHOLD,
+        }
+    }
+}
+
+/// The rejection threshold `spam-eval` measures by default.
+pub const DEFAULT_SPAM_THRESHOLD: f64 = 0.9;
+
+/// The sentiment worker's settings: [`Settings`] on `127.0.0.1:9302`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SentimentSettings {
+    #[serde(flatten)]
+    pub common: Settings,
+}
+
+impl Default for SentimentSettings {
+    fn default() -> Self {
+        Self {
+            common: Settings::with_bind("127.0.0.1:9302"),
+        }
+    }
+}
+
+/// Reads a `comment.submitted` event; a body that is not one can never succeed, so it is parked.
+fn comment_event(message: &IncomingMessage) -> Result<Envelope<CommentSubmitted>, HandlerError> {
+    serde_json::from_slice(&message.body)
+        .map_err(|e| HandlerError::Park(format!("not a comment.submitted event: {e}")))
+}
+
+/// A database failure may pass (a restart, a full pool): retry after the delay.
+fn retry(e: sqlx::Error) -> HandlerError {
+    HandlerError::Retry(format!("the database failed: {e}"))
+}
+
+/// Classifies a comment and publishes or rejects it.
+pub struct SpamHandler {
+    pool: PgPool,
+    model: Arc<SpamModel>,
+    threshold: f64,
+}
+
+impl SpamHandler {
+    pub fn new(pool: PgPool, model: Arc<SpamModel>, threshold: f64) -> Self {
+        Self {
+            pool,
+            model,
+            threshold,
+        }
+    }
+}
+
+impl MessageHandler for SpamHandler {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandlerError> {
+        let event = comment_event(message)?;
+        let message_id = message.message_id.unwrap_or(event.event_id);
+        let score = self.model.score(&event.data.body).0;
+        let is_spam = score >= self.threshold;
+        let applied = comments::apply_spam_verdict(
+            &self.pool,
+            SPAM_CONSUMER,
+            message_id,
+            CommentId(event.data.comment_id),
+            is_spam,
+            score,
+        )
+        .await
+        .map_err(retry)?;
+        tracing::info!(
+            message = "Spam verdict.",
+            comment_id = event.data.comment_id,
+            spam = is_spam,
+            score,
+            duplicate = applied == Applied::Duplicate,
+            traceparent = event.trace_context.traceparent.as_deref(),
+        );
+        // Publishing changes the post's visible comments; the application cache that would be
+        // invalidated here does not exist yet, so there is nothing to invalidate.
+        Ok(())
+    }
+}
+
+/// Scores a comment's sentiment.
+pub struct SentimentHandler {
+    pool: PgPool,
+    sentiment: Arc<Sentiment>,
+}
+
+impl SentimentHandler {
+    pub fn new(pool: PgPool, sentiment: Arc<Sentiment>) -> Self {
+        Self { pool, sentiment }
+    }
+}
+
+impl MessageHandler for SentimentHandler {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandlerError> {
+        let event = comment_event(message)?;
+        let message_id = message.message_id.unwrap_or(event.event_id);
+        let (score, label) = self.sentiment.score(&event.data.body);
+        let applied = comments::apply_sentiment(
+            &self.pool,
+            SENTIMENT_CONSUMER,
+            message_id,
+            CommentId(event.data.comment_id),
+            score,
+            label,
+        )
+        .await
+        .map_err(retry)?;
+        tracing::info!(
+            message = "Sentiment scored.",
+            comment_id = event.data.comment_id,
+            score,
+            label = label.as_str(),
+            duplicate = applied == Applied::Duplicate,
+            traceparent = event.trace_context.traceparent.as_deref(),
+        );
+        Ok(())
+    }
+}
+
+/// A consumer of subscription `subscription` (`spam` or `sentiment`) with `handler`, declaring
+/// the topology on every connection.
+pub fn consumer<H: MessageHandler>(
+    settings: &Settings,
+    subscription: &str,
+    name: &str,
+    handler: H,
+) -> anyhow::Result<Consumer<H>> {
+    let topology = Topology::comments(&settings.amqp);
+    let queues = topology
+        .subscriber(subscription)
+        .with_context(|| format!("no subscription named {subscription}"))?
+        .clone();
+    Ok(Consumer::new(
+        settings.amqp.clone(),
+        queues,
+        name,
+        settings.consume_mode,
+        settings.prefetch,
+        handler,
+    )
+    .with_pull_interval(Duration::from_millis(settings.pull_interval_ms))
+    .with_topology(topology))
+}
+
+/// Prepares the database, then consumes until SIGTERM or Ctrl-C while serving `/healthz` and
+/// `/readyz`; on the signal it stops consuming, finishes and acks what it holds, and exits.
+pub async fn run_worker<H: MessageHandler>(
+    settings: Settings,
+    subscription: &str,
+    name: &str,
+    make_handler: impl FnOnce(PgPool) -> H,
+) -> anyhow::Result<()> {
+    if settings.run_migrations {
+        platform_db::ensure_database(&settings.db)
+            .await
+            .context("Failed to create the database")?;
+    }
+    let pool = platform_db::connect(&settings.db)?;
+    if settings.run_migrations {
+        platform_db::migrate(&pool, &domain::MIGRATOR)
+            .await
+            .context("Failed to migrate the database")?;
+    }
+    let consumer = consumer(&settings, subscription, name, make_handler(pool.clone()))?;
+    let (port, server) = health::serve(&settings.http, pool, consumer.connected_flag())?;
+    tracing::info!(message = "Listening.", port);
+    let server_handle = server.handle();
+    tokio::spawn(server);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        health::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    consumer.run(stopped).await;
+    server_handle.stop(true).await;
+    Ok(())
+}
+
+/// Loads settings of type `T`, exiting with EX_USAGE (64) and the reason when they are wrong.
+pub fn load_settings<T>(program: &str) -> T
+where
+    T: Serialize + serde::de::DeserializeOwned + Default,
+{
+    match platform_config::load::<T>() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(64);
+        }
+    }
+}
