@@ -49,6 +49,9 @@ pub enum UpdatePostError {
     /// Only a post's author may edit it.
     #[error("only the post's author may edit it")]
     Forbidden,
+    /// The post changed since the version the edit was based on.
+    #[error("the post has changed since it was read")]
+    VersionMismatch,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -77,13 +80,27 @@ pub async fn get(pool: &PgPool, id: PostId) -> Result<Option<Post>, sqlx::Error>
 
 /// Replaces the title and body of post `id` when `editor` wrote it, bumping `version` and
 /// `updated_at` so every HTTP validator derived from them changes. Returns the edited post.
-///
-/// The author check is part of the `UPDATE`'s own `WHERE`, so a concurrent change of ownership
-/// cannot slip between a check and the write.
 pub async fn update(
     pool: &PgPool,
     id: PostId,
     editor: UserId,
+    title: &PostTitle,
+    body: &PostBody,
+) -> Result<Post, UpdatePostError> {
+    update_if_version(pool, id, editor, None, title, body).await
+}
+
+/// [`update`], but only while the post is still at `expected_version` when one is given: an
+/// edit made from a stale copy fails with [`UpdatePostError::VersionMismatch`] instead of
+/// silently overwriting the edit it did not see (HTTP's `If-Match`).
+///
+/// The author and version checks are part of the `UPDATE`'s own `WHERE`, so nothing can slip
+/// between a check and the write.
+pub async fn update_if_version(
+    pool: &PgPool,
+    id: PostId,
+    editor: UserId,
+    expected_version: Option<i32>,
     title: &PostTitle,
     body: &PostBody,
 ) -> Result<Post, UpdatePostError> {
@@ -93,23 +110,25 @@ pub async fn update(
     let updated: Option<PostId> = sqlx::query_scalar(
         "UPDATE posts SET title = $3, body = $4, version = version + 1, \
                           updated_at = greatest(now(), updated_at + interval '1 millisecond') \
-         WHERE id = $1 AND author_id = $2 RETURNING id",
+         WHERE id = $1 AND author_id = $2 AND ($5::INTEGER IS NULL OR version = $5) \
+         RETURNING id",
     )
     .bind(id)
     .bind(editor)
     .bind(title.as_ref())
     .bind(body.as_ref())
+    .bind(expected_version)
     .fetch_optional(&mut *tx)
     .await?;
     if updated.is_none() {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM posts WHERE id = $1)")
+        let owner: Option<UserId> = sqlx::query_scalar("SELECT author_id FROM posts WHERE id = $1")
             .bind(id)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        return Err(if exists {
-            UpdatePostError::Forbidden
-        } else {
-            UpdatePostError::NotFound
+        return Err(match owner {
+            None => UpdatePostError::NotFound,
+            Some(author) if author != editor => UpdatePostError::Forbidden,
+            Some(_) => UpdatePostError::VersionMismatch,
         });
     }
     let post = get_in(&mut *tx, id)

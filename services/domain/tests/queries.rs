@@ -93,3 +93,28 @@ async fn only_the_author_can_edit_a_post_and_an_edit_bumps_its_version() {
     assert_eq!(after.version, before.version + 1);
     assert!(after.updated_at > before.updated_at);
 }
+
+#[tokio::test]
+async fn an_edit_based_on_a_stale_version_is_refused_and_writes_nothing() {
+    use domain::posts::UpdatePostError;
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let body = PostBody::parse("b").unwrap();
+    let id = posts::create(&db.pool, author, &PostTitle::parse("t").unwrap(), &body)
+        .await
+        .unwrap();
+    let first = PostTitle::parse("first edit").unwrap();
+    let edited = posts::update_if_version(&db.pool, id, author, Some(1), &first, &body)
+        .await
+        .unwrap();
+    assert_eq!(edited.version, 2);
+    let second = PostTitle::parse("from a stale copy").unwrap();
+    let stale = posts::update_if_version(&db.pool, id, author, Some(1), &second, &body).await;
+    assert!(matches!(stale, Err(UpdatePostError::VersionMismatch)));
+    assert_eq!(
+        posts::get(&db.pool, id).await.unwrap().unwrap().title,
+        "first edit"
+    );
+}

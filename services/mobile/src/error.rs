@@ -34,6 +34,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("that username is already taken")]
     UsernameTaken,
+    /// `If-Match` named a version of the resource that is no longer current.
+    #[error("the resource has changed")]
+    PreconditionFailed,
     #[error("too many attempts")]
     TooManyRequests { retry_after_secs: u64 },
     /// A dependency the request needs is down; `0` names it for the reader.
@@ -133,6 +136,15 @@ impl ApiError {
                 Problem::new(StatusCode::CONFLICT, "username-taken", "Username taken")
                     .with_detail("That username is already taken; choose another.")
             }
+            Self::PreconditionFailed => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            )
+            .with_detail(
+                "The post has changed since the copy named by `If-Match`; \
+                 fetch it again and reapply the edit.",
+            ),
             Self::TooManyRequests { retry_after_secs } => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",

@@ -23,6 +23,32 @@ static APP_CSS_HASH: LazyLock<String> =
 static STYLESHEET_PATH: LazyLock<String> =
     LazyLock::new(|| format!("/static/app.{}.css", *APP_CSS_HASH));
 
+/// Everything besides the data that a page's bytes depend on: the templates (compiled in, so
+/// listed here to be hashed), the stylesheet's name and the package version.
+const TEMPLATES: [&str; 6] = [
+    include_str!("../templates/base.html"),
+    include_str!("../templates/home.html"),
+    include_str!("../templates/post.html"),
+    include_str!("../templates/new_post.html"),
+    include_str!("../templates/account_form.html"),
+    include_str!("../templates/error.html"),
+];
+
+static BUILD_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
+    TEMPLATES
+        .iter()
+        .fold(Fingerprint::new("web-build"), |f, t| f.part(t))
+        .part(env!("CARGO_PKG_VERSION"))
+        .part(&*APP_CSS_HASH)
+        .hex()
+});
+
+/// A hash of what pages are rendered with, mixed into every page's ETag so a deploy that
+/// changes a template or the stylesheet invalidates cached pages even when no post changed.
+pub fn build_fingerprint() -> &'static str {
+    &BUILD_FINGERPRINT
+}
+
 /// Where pages link the stylesheet: its content-hashed path.
 pub fn stylesheet_path() -> &'static str {
     &STYLESHEET_PATH

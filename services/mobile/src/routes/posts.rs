@@ -1,10 +1,12 @@
 //! Reading, listing, writing and editing posts.
 
-use actix_web::http::header::LOCATION;
+use actix_web::http::header::{IF_MATCH, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, web};
 use domain::posts::{self, Post, UpdatePostError};
 use domain::{PostBody, PostId, PostTitle};
-use platform_http::caching::{CacheHeaders, Fingerprint, Policy, VARY_CREDENTIALS};
+use platform_http::caching::{
+    CacheHeaders, Fingerprint, Policy, VARY_CREDENTIALS, if_match_allows,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{PREFIX, path_id, timestamp};
@@ -84,16 +86,19 @@ impl PostInput {
     }
 }
 
-/// The cache headers of a post: its ETag changes with every edit (the version) and with its
-/// view count, the two things in its representation that change.
+/// A post's ETag: it changes with every edit (the version) and with the view count, the two
+/// things in its representation that change.
+fn post_fingerprint(post: &Post) -> Fingerprint {
+    Fingerprint::new("api-post")
+        .part(post.id)
+        .part(post.version)
+        .part(post.views)
+}
+
+/// The cache headers of a post.
 fn post_cache(post: &Post, policy: Policy) -> CacheHeaders {
     CacheHeaders::new(policy)
-        .etag(
-            &Fingerprint::new("api-post")
-                .part(post.id)
-                .part(post.version)
-                .part(post.views),
-        )
+        .etag(&post_fingerprint(post))
         .last_modified(post.updated_at)
         .vary(VARY_CREDENTIALS)
 }
@@ -209,7 +214,8 @@ pub(super) async fn create(
     Ok(builder.json(PostBodyJson::from(&post)))
 }
 
-/// `PUT /posts/{id}`: replaces the title and body, by the post's author only.
+/// `PUT /posts/{id}`: replaces the title and body, by the post's author only; with `If-Match`,
+/// only if the post is still the version the client last saw (412 otherwise).
 pub(super) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -219,8 +225,31 @@ pub(super) async fn update(
     let id = PostId(path_id(&path, "The post")?);
     let caller = auth::caller(&state, &req).await?;
     let (title, body) = input.parse()?;
-    let post = match posts::update(&state.pool, id, caller.user_id, &title, &body).await {
+    // With `If-Match`, the edit applies only to the version the client's ETag names; the
+    // version check is repeated inside the UPDATE, so a concurrent edit cannot slip in between.
+    let expected_version = if req.headers().contains_key(IF_MATCH) {
+        let current = posts::get(&state.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound("The post"))?;
+        if !if_match_allows(&req, &post_fingerprint(&current)) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        Some(current.version)
+    } else {
+        None
+    };
+    let edited = posts::update_if_version(
+        &state.pool,
+        id,
+        caller.user_id,
+        expected_version,
+        &title,
+        &body,
+    )
+    .await;
+    let post = match edited {
         Ok(post) => post,
+        Err(UpdatePostError::VersionMismatch) => return Err(ApiError::PreconditionFailed),
         Err(UpdatePostError::NotFound) => return Err(ApiError::NotFound("The post")),
         Err(UpdatePostError::Forbidden) => {
             return Err(ApiError::Forbidden("Only the post's author may edit it."));

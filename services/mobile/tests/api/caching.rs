@@ -184,3 +184,42 @@ async fn head_answers_with_the_validators_and_no_body() {
         .unwrap();
     assert_eq!(conditional.status(), StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test]
+async fn an_edit_with_a_stale_if_match_is_412_and_changes_nothing() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let path = format!("/posts/{id}");
+    let original = header(app.get(&path, None).await.headers(), "etag").to_owned();
+    let put = |etag: String, title: &'static str| {
+        app.client
+            .put(app.url(&path))
+            .bearer_auth(&token)
+            .header("if-match", etag)
+            .json(&json!({ "title": title, "body": "Body" }))
+            .send()
+    };
+
+    let first = put(original.clone(), "First edit").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let current = header(first.headers(), "etag").to_owned();
+
+    let stale = put(original, "Lost update").await.unwrap();
+    let (status, kind, _) = crate::helpers::problem(stale).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::PRECONDITION_FAILED, "precondition-failed")
+    );
+    let post: serde_json::Value = app.get(&path, None).await.json().await.unwrap();
+    assert_eq!(post["title"], "First edit", "the stale edit wrote nothing");
+
+    assert_eq!(
+        put(current, "Second edit").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put("*".into(), "Third edit").await.unwrap().status(),
+        StatusCode::OK
+    );
+}

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::Method;
 use actix_web::http::header::{
-    self, CACHE_CONTROL, ETAG, EXPIRES, EntityTag, Header, HttpDate, IfModifiedSince, IfNoneMatch,
-    LAST_MODIFIED, VARY,
+    self, CACHE_CONTROL, ETAG, EXPIRES, EntityTag, Header, HttpDate, IfMatch, IfModifiedSince,
+    IfNoneMatch, LAST_MODIFIED, VARY,
 };
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde::{Deserialize, Serialize};
@@ -222,6 +222,23 @@ impl CacheHeaders {
     }
 }
 
+/// Whether `req`'s `If-Match` (RFC 9110 section 13.1.1) lets a write proceed on a resource
+/// whose current ETag is `current`: no header, `*`, or a tag that matches strongly. A client
+/// editing from a stale copy gets `false`, and the caller answers 412 rather than overwrite an
+/// edit the client never saw.
+pub fn if_match_allows(req: &HttpRequest, current: &Fingerprint) -> bool {
+    if !req.headers().contains_key(header::IF_MATCH) {
+        return true;
+    }
+    let current = current.etag();
+    match IfMatch::parse(req) {
+        Ok(IfMatch::Any) => true,
+        Ok(IfMatch::Items(tags)) => tags.iter().any(|t| t.strong_eq(&current)),
+        // An If-Match the server cannot read cannot be satisfied.
+        Err(_) => false,
+    }
+}
+
 fn truncate_to_second(at: SystemTime) -> SystemTime {
     match at.duration_since(UNIX_EPOCH) {
         Ok(since) => UNIX_EPOCH + Duration::from_secs(since.as_secs()),
@@ -287,6 +304,26 @@ mod tests {
         assert!(headers().is_fresh(&at("Tue, 14 Nov 2023 22:13:20 GMT")));
         assert!(!headers().is_fresh(&at("Tue, 14 Nov 2023 22:13:19 GMT")));
         assert!(!headers().is_fresh(&at("not a date")));
+    }
+
+    #[test]
+    fn if_match_lets_a_write_through_only_for_the_current_tag() {
+        let current = Fingerprint::new("post").part(1).part(2);
+        let with = |value: Option<String>| {
+            let mut req = TestRequest::put();
+            if let Some(v) = value {
+                req = req.insert_header(("if-match", v));
+            }
+            if_match_allows(&req.to_http_request(), &current)
+        };
+        assert!(with(None));
+        assert!(with(Some("*".into())));
+        assert!(with(Some(format!("\"old\", {}", current.etag()))));
+        assert!(!with(Some("\"old\"".into())));
+        assert!(
+            !with(Some(format!("W/\"{}\"", current.hex()))),
+            "If-Match compares strongly"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub(super) struct HomeQuery {
 /// any cache may share them, with validators from the versions the page is made of; a signed-in
 /// visitor's page carries their name and CSRF token, so no cache may keep it.
 ///
-/// Besides the content, a page depends on the templates and the stylesheet's name, so the build
-/// (package version) and the stylesheet path are part of every page's fingerprint.
+/// Besides the content, a page depends on the templates and the stylesheet's name, so the
+/// build's fingerprint is part of every page's.
 fn readable_page_cache(
     state: &AppState,
     viewer: &Viewer,
@@ -32,9 +32,7 @@ fn readable_page_cache(
     if viewer.username.is_some() {
         return CacheHeaders::new(Policy::NoStore).vary(VARY_CREDENTIALS);
     }
-    let fingerprint = fingerprint
-        .part(env!("CARGO_PKG_VERSION"))
-        .part(crate::assets::stylesheet_path());
+    let fingerprint = fingerprint.part(crate::assets::build_fingerprint());
     let cache = CacheHeaders::new(state.settings.cache.public())
         .etag(&fingerprint)
         .vary(VARY_CREDENTIALS);
