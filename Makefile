@@ -5,13 +5,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run migrate test services replica replica-down fmt lint check up down bench-gateway
+.PHONY: help run migrate seed loadtest test services replica replica-down fmt lint check up down bench-gateway
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 run: services ## Build and run the web service on the local Postgres and Redis (http://127.0.0.1:8101)
 	$(CARGO) run --release --bin web
+
+seed: ## Fill the running stack's database with a realistic data set (USERS, POSTS, COMMENTS)
+	loadtest/seed.sh
+
+loadtest: ## A short mixed k6 run against the running stack; report under loadtest/results/
+	loadtest/loadtest.sh
 
 migrate: services ## Create the database if missing and apply migrations
 	$(CARGO) run --release --bin web -- migrate
