@@ -224,7 +224,8 @@ pub async fn apply_spam_verdict(
     }
     sqlx::query(
         "UPDATE comments SET spam_verdict = $2, spam_score = $3, \
-                status = CASE WHEN status = 'pending' THEN $4 ELSE status END \
+                status = CASE WHEN status = 'pending' THEN $4 ELSE status END, \
+                moderated_at = COALESCE(moderated_at, now()) \
          WHERE id = $1",
     )
     .bind(comment)
