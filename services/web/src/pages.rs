@@ -42,6 +42,8 @@ pub struct PostPage<'a> {
     pub viewer: Viewer,
     pub post: &'a Post,
     pub comments: &'a [Comment],
+    /// The viewer just submitted a comment: say that it awaits moderation.
+    pub comment_pending: bool,
 }
 
 #[derive(Template)]

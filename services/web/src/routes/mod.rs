@@ -1,6 +1,7 @@
 //! The pages, one module per group, and the helpers their responses share.
 
 mod account;
+mod comments;
 mod posts;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/posts", web::post().to(posts::create_post))
         .route("/posts/{id}", web::get().to(posts::show_post))
         .route("/posts/{id}", web::head().to(posts::show_post))
+        .route("/posts/{id}/comments", web::post().to(comments::submit_comment))
         .route("/register", web::get().to(account::register_form))
         .route("/register", web::post().to(account::register))
         .route("/login", web::get().to(account::login_form))

@@ -98,12 +98,14 @@ pub(super) async fn show_post(
         .await?
         .ok_or(PageError::NotFound)?;
     let comments = comments::list_visible(&state.pool, id).await?;
+    let comment_pending = req.query_string().contains("comment=pending");
     // The post changes by edits (version) and views; its comments by being published (ids)
     // and scored (sentiment).
     let mut fingerprint = Fingerprint::new("web-post")
         .part(post.id)
         .part(post.version)
-        .part(post.views);
+        .part(post.views)
+        .part(comment_pending);
     for c in &comments {
         fingerprint = fingerprint
             .part(c.id)
@@ -121,6 +123,7 @@ pub(super) async fn show_post(
             viewer,
             post: &post,
             comments: &comments,
+            comment_pending,
         },
         false,
     )

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod caching;
+mod comments;
 mod health;
 mod helpers;
 mod posts;
