@@ -6,6 +6,7 @@
 //! [`apply_spam_verdict`] and [`apply_sentiment`], each with its inbox row, so a message
 //! delivered twice changes nothing.
 
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -13,7 +14,7 @@ use uuid::Uuid;
 use crate::{CommentBody, PostId, UserId};
 
 /// A visible comment.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct Comment {
     pub id: i64,
     pub author: String,

@@ -9,11 +9,13 @@
 //! - [`types`]: validated values (`Username`, `Password`, `PostTitle`, ...).
 //! - [`auth`]: argon2id password hashing with a bound on concurrent hashes.
 //! - [`users`], [`posts`], [`comments`]: queries.
+//! - [`store`]: the same reads and writes through the cache and the replicas.
 //! - [`MIGRATOR`]: the schema, embedded from `migrations/`.
 
 pub mod auth;
 pub mod comments;
 pub mod posts;
+pub mod store;
 pub mod types;
 pub mod users;
 
@@ -21,3 +23,15 @@ pub use types::{CommentBody, Password, PostBody, PostId, PostTitle, UserId, User
 
 /// The schema's migrations, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Creates the database if it is missing and applies [`MIGRATOR`]; every service runs this
+/// before serving (or a `migrate` command runs it once before they start).
+pub async fn prepare_database(
+    settings: &platform_db::DbSettings,
+) -> Result<(), platform_db::DbError> {
+    platform_db::ensure_database(settings).await?;
+    let pool = platform_db::connect(settings)?;
+    let migrated = platform_db::migrate(&pool, &MIGRATOR).await;
+    pool.close().await;
+    migrated
+}

@@ -1,13 +1,14 @@
 //! Posts: writing one, editing one (its author only), reading one, and the newest-first
 //! listing.
 
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::{PostBody, PostId, PostTitle, UserId};
 
 /// A post as its page shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct Post {
     pub id: PostId,
     pub title: String,
@@ -20,7 +21,7 @@ pub struct Post {
 }
 
 /// A post as a listing shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct PostSummary {
     pub id: PostId,
     pub title: String,
@@ -34,7 +35,7 @@ pub struct PostSummary {
 }
 
 /// One page of the listing and where the next one starts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Page {
     pub items: Vec<PostSummary>,
     /// Pass as `before` to get the next page; `None` on the last page.

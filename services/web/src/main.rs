@@ -1,7 +1,7 @@
 //! The `web` binary: `web` serves; `web migrate` creates and migrates the database, then exits.
 
 use web::configuration::Settings;
-use web::startup::{Application, prepare_database};
+use web::startup::Application;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     match std::env::args().nth(1).as_deref() {
-        Some("migrate") => prepare_database(&settings.db).await,
+        Some("migrate") => Ok(domain::prepare_database(&settings.db).await?),
         None => {
             Application::build(settings)
                 .await?

@@ -53,6 +53,9 @@ pub struct CacheSettings {
     pub cache_circuit_failures: u32,
     /// `CACHE_CIRCUIT_COOLDOWN_MS`: how long an open circuit skips Redis before probing it.
     pub cache_circuit_cooldown_ms: u64,
+    /// `CACHE_FLUSH_INTERVAL_MS`: how often write-behind counts (post views) reach Postgres;
+    /// at most this much counting is lost if Redis dies.
+    pub cache_flush_interval_ms: u64,
 }
 
 impl Default for CacheSettings {
@@ -66,6 +69,7 @@ impl Default for CacheSettings {
             cache_negative_ttl_secs: 10,
             cache_circuit_failures: 3,
             cache_circuit_cooldown_ms: 2_000,
+            cache_flush_interval_ms: 1_000,
         }
     }
 }
@@ -158,6 +162,11 @@ impl Cache {
             flights: Arc::new(Flights::default()),
             kinds: Arc::default(),
         }
+    }
+
+    /// The Redis behind the cache, for patterns that keep their own keys (write-behind).
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// Whether the cache is on (`CACHE_ENABLED`).

@@ -155,6 +155,14 @@ impl Database {
         (&self.primary, ReadSource::Primary)
     }
 
+    /// Whether every replica serving reads has replayed `lsn`. Until then, something read from
+    /// a replica may predate the write at `lsn` (a cache filled from it, for one).
+    pub fn replicas_caught_up(&self, lsn: Lsn) -> bool {
+        self.replicas.iter().all(|r| {
+            !r.healthy.load(Ordering::Acquire) || r.replay_lsn.load(Ordering::Acquire) >= lsn.0
+        })
+    }
+
     /// The primary's current WAL position. Called right after a commit, it is a position every
     /// later read by the same user must have replayed.
     pub async fn current_lsn(&self) -> Result<Lsn, sqlx::Error> {

@@ -57,6 +57,23 @@ impl Default for HttpSettings {
     }
 }
 
+/// The W3C trace context (`traceparent`, `tracestate`) to hand on to work this request causes,
+/// such as the event of a submitted comment: the current span's when traces are exported, so
+/// that work joins this service's span; otherwise whatever the caller sent, passed through.
+pub fn outgoing_trace_context(req: &HttpRequest) -> (Option<String>, Option<String>) {
+    let mut current = platform_telemetry::propagation::inject(&tracing::Span::current());
+    if let Some(parent) = current.remove("traceparent") {
+        return (Some(parent), current.remove("tracestate"));
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (header("traceparent"), header("tracestate"))
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last address in
 /// `X-Forwarded-For` that is not itself a trusted proxy.
 ///

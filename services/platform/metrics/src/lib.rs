@@ -10,6 +10,9 @@
 //! - [`HttpMetrics`] and [`track_requests`]: request counts and latency per route.
 //! - [`collector`] and [`Snapshot`]: scrape-time metrics from a closure.
 //! - [`configure`]: mounts `GET /metrics`.
+//! - [`platform`]: collectors for the platform's cache and database.
+
+pub mod platform;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -123,6 +123,10 @@ pub struct SessionData {
     /// When the session was first created (Unix seconds); fixes its absolute deadline. Rotation
     /// keeps it, so logging in does not extend a session's life.
     pub created_at: i64,
+    /// The primary's WAL position after this session's latest write, if any: its reads must see
+    /// at least that much (read-your-writes with replicas).
+    #[serde(default)]
+    pub last_write_lsn: Option<u64>,
 }
 
 impl SessionData {
@@ -133,6 +137,7 @@ impl SessionData {
             username: None,
             csrf_token: random_token(),
             created_at: OffsetDateTime::now_utc().unix_timestamp(),
+            last_write_lsn: None,
         }
     }
 
@@ -143,6 +148,7 @@ impl SessionData {
             username: Some(username.into()),
             csrf_token: random_token(),
             created_at: self.created_at,
+            last_write_lsn: self.last_write_lsn,
         }
     }
 
@@ -283,6 +289,21 @@ impl SessionStore {
         Ok(Session { id, data })
     }
 
+    /// Stores changed data under the session's id, keeping its expiry; a session that ended in
+    /// the meantime stays ended (the write does not revive it).
+    pub async fn save(&self, session: &Session) -> Result<(), SessionError> {
+        let json = serde_json::to_string(&session.data)?;
+        let mut conn = self.redis.conn().await?;
+        let _: () = redis::cmd("SET")
+            .arg(self.key(&session.id))
+            .arg(json)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes a session; its id is rejected everywhere from now on.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
         let mut conn = self.redis.conn().await?;
@@ -336,6 +357,22 @@ mod tests {
         assert_ne!(loaded.data.csrf_token, before.data.csrf_token);
         store.destroy(&after.id).await.unwrap();
         assert!(store.load(&after.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn saving_keeps_the_expiry_and_never_revives_an_ended_session() {
+        let store = store(SessionSettings::default());
+        let mut session = store.create(SessionData::anonymous()).await.unwrap();
+        session.data.last_write_lsn = Some(42);
+        store.save(&session).await.unwrap();
+        let loaded = store.load(&session.id).await.unwrap().unwrap();
+        assert_eq!(loaded.data.last_write_lsn, Some(42));
+        let mut conn = store.redis.conn().await.unwrap();
+        let ttl: i64 = conn.ttl(store.key(&session.id)).await.unwrap();
+        assert!(ttl > 0, "the expiry is kept");
+        store.destroy(&session.id).await.unwrap();
+        store.save(&session).await.unwrap();
+        assert!(store.load(&session.id).await.unwrap().is_none());
     }
 
     #[tokio::test]

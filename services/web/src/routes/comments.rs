@@ -39,7 +39,11 @@ pub(super) async fn submit_comment(
     let body = CommentBody::parse(&form.body).map_err(PageError::BadRequest)?;
     let (parent, state_header) = platform_http::outgoing_trace_context(&req);
     let trace = TraceContext::from_headers(parent.as_deref(), state_header.as_deref());
-    let (id, written_at) = match state.store.submit_comment(post, author, &body, &trace).await {
+    let (id, written_at) = match state
+        .store
+        .submit_comment(post, author, &body, &trace)
+        .await
+    {
         Ok(submitted) => submitted,
         Err(SubmitCommentError::PostNotFound) => return Err(PageError::NotFound),
         Err(SubmitCommentError::Database(e)) => return Err(e.into()),

@@ -21,7 +21,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/posts", web::post().to(posts::create_post))
         .route("/posts/{id}", web::get().to(posts::show_post))
         .route("/posts/{id}", web::head().to(posts::show_post))
-        .route("/posts/{id}/comments", web::post().to(comments::submit_comment))
+        .route(
+            "/posts/{id}/comments",
+            web::post().to(comments::submit_comment),
+        )
         .route("/register", web::get().to(account::register_form))
         .route("/register", web::post().to(account::register))
         .route("/login", web::get().to(account::login_form))

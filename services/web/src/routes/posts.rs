@@ -1,7 +1,7 @@
 //! The front page, a post's page, and writing a post.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use domain::{PostBody, PostId, PostTitle, UserId, comments, posts};
+use domain::{PostBody, PostId, PostTitle, UserId};
 use platform_http::caching::{CacheHeaders, Fingerprint, Policy, VARY_CREDENTIALS};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -48,13 +48,11 @@ pub(super) async fn home(
     req: HttpRequest,
     query: web::Query<HomeQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let viewer = session::viewer(&state, &req).await;
-    let page = posts::list(
-        &state.pool,
-        query.before.map(PostId),
-        state.settings.page_size,
-    )
-    .await?;
+    let (viewer, seen) = session::reader(&state, &req).await;
+    let page = state
+        .store
+        .list_posts(query.before.map(PostId), state.settings.page_size, seen)
+        .await?;
     // What changes the page: posts arriving (ids), edits (versions), published comments
     // (counts), views, and where the next page starts.
     let mut fingerprint = Fingerprint::new("web-home");
@@ -93,11 +91,16 @@ pub(super) async fn show_post(
         .parse::<i64>()
         .map(PostId)
         .map_err(|_| PageError::NotFound)?;
-    let viewer = session::viewer(&state, &req).await;
-    let post = posts::get(&state.pool, id)
+    let (viewer, seen) = session::reader(&state, &req).await;
+    let post = state
+        .store
+        .post(id, seen)
         .await?
         .ok_or(PageError::NotFound)?;
-    let comments = comments::list_visible(&state.pool, id).await?;
+    let comments = state.store.visible_comments(id, seen).await?;
+    // Counted off the request path: a slow Redis must not slow the page.
+    let store = state.store.clone();
+    actix_web::rt::spawn(async move { store.record_view(id).await });
     let comment_pending = req.query_string().contains("comment=pending");
     // The post changes by edits (version) and views; its comments by being published (ids)
     // and scored (sentiment).
@@ -190,7 +193,8 @@ pub(super) async fn create_post(
             );
         }
     };
-    let id = posts::create(&state.pool, author, &title, &body).await?;
+    let (id, written_at) = state.store.create_post(author, &title, &body).await?;
+    session::remember_write(&state, session, written_at).await;
     tracing::info!(
         message = "Post created.",
         post_id = id.0,
