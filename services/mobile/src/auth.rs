@@ -5,6 +5,7 @@
 use actix_web::HttpRequest;
 use actix_web::http::header::AUTHORIZATION;
 use domain::UserId;
+use platform_db::Lsn;
 use platform_http::caching::Policy;
 use platform_session::{Session, transport};
 
@@ -34,6 +35,28 @@ pub fn read_policy(state: &AppState, req: &HttpRequest) -> Policy {
         Policy::Private
     } else {
         state.settings.cache.public()
+    }
+}
+
+/// The position of the caller's latest write, if they present a session that has one: their
+/// reads must see it. Anonymous callers, and any caller while Redis is down, have none.
+pub async fn last_write(state: &AppState, req: &HttpRequest) -> Option<Lsn> {
+    if !presents_credentials(req) {
+        return None;
+    }
+    match state.sessions.current(req).await {
+        Ok(session) => session.and_then(|s| s.data.last_write_lsn).map(Lsn),
+        Err(_) => None,
+    }
+}
+
+/// Remembers in the caller's session that they wrote at `lsn`. Failing to remember is logged,
+/// not an error: the write itself succeeded.
+pub async fn remember_write(state: &AppState, caller: Caller, lsn: Lsn) {
+    let mut session = caller.session;
+    session.data.last_write_lsn = Some(lsn.0);
+    if let Err(e) = state.sessions.save(&session).await {
+        tracing::warn!(message = "Could not record a write in the session.", error = %e);
     }
 }
 

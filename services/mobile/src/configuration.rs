@@ -21,6 +21,9 @@ pub struct Settings {
     pub session: SessionSettings,
     #[serde(flatten)]
     pub cache: CacheSettings,
+    /// `CACHE_ENABLED`, `CACHE_TTL_*`...: the application cache in Redis.
+    #[serde(flatten)]
+    pub app_cache: platform_cache::CacheSettings,
     /// `PAGE_SIZE`: posts per page of `GET /api/v1/posts` when the client sends no `limit`.
     pub page_size: u32,
     /// `LOGIN_ATTEMPTS_PER_ACCOUNT`: login attempts allowed per username per window.
@@ -47,6 +50,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             session: SessionSettings::default(),
             cache: CacheSettings::default(),
+            app_cache: platform_cache::CacheSettings::default(),
             page_size: 20,
             login_attempts_per_account: 10,
             login_attempts_per_client: 50,

@@ -2,7 +2,7 @@
 //! exits.
 
 use mobile::configuration::Settings;
-use mobile::startup::{Application, prepare_database};
+use mobile::startup::Application;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     match std::env::args().nth(1).as_deref() {
-        Some("migrate") => prepare_database(&settings.db).await,
+        Some("migrate") => Ok(domain::prepare_database(&settings.db).await?),
         None => {
             Application::build(settings)
                 .await?

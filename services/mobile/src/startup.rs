@@ -8,9 +8,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
 use domain::auth::PasswordHasher;
-use platform_db::DbSettings;
+use domain::store::{BackgroundTasks, Store};
 use platform_http::health::{Readiness, ReadinessCheck};
 use platform_http::middleware::{BodyLimit, limit_body, request_span};
+use platform_metrics::{Metrics, track_requests};
 use platform_redis::Redis;
 use platform_session::SessionStore;
 use platform_session::throttle::Throttle;
@@ -21,7 +22,10 @@ use crate::routes;
 
 /// What every handler can reach, shared by all workers.
 pub struct AppState {
+    /// The primary, for accounts and for reading back what a request just wrote.
     pub pool: PgPool,
+    /// Posts and comments through the cache and the replicas.
+    pub store: Store,
     pub sessions: SessionStore,
     pub hasher: PasswordHasher,
     pub login_per_account: Throttle,
@@ -33,19 +37,8 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
-}
-
-/// Creates the database if it is missing and applies migrations.
-pub async fn prepare_database(settings: &DbSettings) -> anyhow::Result<()> {
-    platform_db::ensure_database(settings)
-        .await
-        .context("Failed to create the database")?;
-    let pool = platform_db::connect(settings)?;
-    platform_db::migrate(&pool, &domain::MIGRATOR)
-        .await
-        .context("Failed to migrate the database")?;
-    pool.close().await;
-    Ok(())
+    store: Store,
+    background: BackgroundTasks,
 }
 
 impl Application {
@@ -53,10 +46,20 @@ impl Application {
     /// binds a free port, which [`Application::port`] reports; tests rely on that.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         if settings.run_migrations {
-            prepare_database(&settings.db).await?;
+            domain::prepare_database(&settings.db)
+                .await
+                .context("Failed to prepare the database")?;
         }
-        let pool = platform_db::connect(&settings.db)?;
         let redis = Redis::connect(&settings.redis)?;
+        let store = Store::connect(&settings.db, redis.clone(), &settings.app_cache)?;
+        let background = store.spawn_background(&settings.app_cache);
+        let pool = store.database().primary().clone();
+        let mut metrics = Metrics::new();
+        metrics.register_collector(platform_metrics::platform::cache(store.cache().clone()));
+        metrics.register_collector(platform_metrics::platform::database(
+            store.database().clone(),
+        ));
+        let metrics = Arc::new(metrics);
         let listener = TcpListener::bind(&settings.http.bind)
             .with_context(|| format!("Failed to bind {}", settings.http.bind))?;
         let port = listener.local_addr()?.port();
@@ -66,6 +69,7 @@ impl Application {
         let window = Duration::from_secs(settings.login_window_secs);
         let state = web::Data::new(AppState {
             pool: pool.clone(),
+            store: store.clone(),
             sessions: SessionStore::new(redis.clone(), &settings.session),
             hasher: PasswordHasher::new(settings.password_hash_concurrency),
             login_per_account: Throttle::new(
@@ -104,8 +108,10 @@ impl Application {
                 .app_data(platform_http::json::json_config(limit))
                 .app_data(platform_http::json::query_config())
                 .configure(|cfg| platform_http::health::configure(cfg, readiness.clone()))
+                .configure(|cfg| platform_metrics::configure(cfg, metrics.clone()))
                 .configure(routes::configure)
                 .wrap(from_fn(limit_body))
+                .wrap(from_fn(track_requests))
                 .wrap(from_fn(request_span))
         })
         .listen(listener)?
@@ -117,6 +123,8 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            store,
+            background,
         })
     }
 
@@ -128,6 +136,10 @@ impl Application {
     /// `SHUTDOWN_TIMEOUT_SECS`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
+        drop(self.background);
+        if let Err(e) = self.store.flush_views().await {
+            tracing::warn!(message = "Flushing view counts at shutdown failed.", error = %e);
+        }
         Ok(())
     }
 }

@@ -2,8 +2,8 @@
 
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
-use domain::comments::{self, CommentId, SubmitCommentError};
-use domain::{CommentBody, PostId, posts};
+use domain::comments::{self, CommentId, SubmitCommentError, TraceContext};
+use domain::{CommentBody, PostId};
 use platform_http::caching::{CacheHeaders, Fingerprint, Policy, VARY_CREDENTIALS};
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +58,11 @@ pub(super) async fn list(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = PostId(path_id(&path, "The post")?);
-    if posts::get(&state.pool, id).await?.is_none() {
+    let seen = auth::last_write(&state, &req).await;
+    if state.store.post(id, seen).await?.is_none() {
         return Err(ApiError::NotFound("The post"));
     }
-    let visible = comments::list_visible(&state.pool, id).await?;
+    let visible = state.store.visible_comments(id, seen).await?;
     // Comments change by being published (ids) and by being scored (sentiment).
     let mut fingerprint = Fingerprint::new("api-comments").part(id);
     for c in &visible {
@@ -104,17 +105,26 @@ pub(super) async fn submit(
     let post = PostId(path_id(&path, "The post")?);
     let caller = auth::caller(&state, &req).await?;
     let body = CommentBody::parse(&input.body).map_err(|m| ApiError::invalid("body", m))?;
-    let id = match comments::submit(&state.pool, post, caller.user_id, &body).await {
-        Ok(id) => id,
+    let (parent, trace_state) = platform_http::outgoing_trace_context(&req);
+    let trace = TraceContext::from_headers(parent.as_deref(), trace_state.as_deref());
+    let submitted = state
+        .store
+        .submit_comment(post, caller.user_id, &body, &trace)
+        .await;
+    let id = match submitted {
+        Ok((id, written_at)) => {
+            tracing::info!(
+                message = "Comment submitted.",
+                comment_id = id.0,
+                post_id = post.0,
+                user_id = caller.user_id.0
+            );
+            auth::remember_write(&state, caller, written_at).await;
+            id
+        }
         Err(SubmitCommentError::PostNotFound) => return Err(ApiError::NotFound("The post")),
         Err(SubmitCommentError::Database(e)) => return Err(e.into()),
     };
-    tracing::info!(
-        message = "Comment submitted.",
-        comment_id = id.0,
-        post_id = post.0,
-        user_id = caller.user_id.0
-    );
     let mut builder = HttpResponse::Accepted();
     CacheHeaders::new(Policy::NoStore)
         .vary(VARY_CREDENTIALS)

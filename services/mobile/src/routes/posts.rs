@@ -130,7 +130,8 @@ pub(super) async fn list(
                 })?,
         ),
     };
-    let page = posts::list(&state.pool, before, limit).await?;
+    let seen = auth::last_write(&state, &req).await;
+    let page = state.store.list_posts(before, limit, seen).await?;
 
     // What changes a page: a post arriving or leaving it (ids), an edit (versions), a comment
     // being published (counts), views, and where the next page starts.
@@ -179,9 +180,15 @@ pub(super) async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = PostId(path_id(&path, "The post")?);
-    let post = posts::get(&state.pool, id)
+    let seen = auth::last_write(&state, &req).await;
+    let post = state
+        .store
+        .post(id, seen)
         .await?
         .ok_or(ApiError::NotFound("The post"))?;
+    // Counted off the request path: a slow Redis must not slow the read.
+    let store = state.store.clone();
+    actix_web::rt::spawn(async move { store.record_view(id).await });
     let cache = post_cache(&post, auth::read_policy(&state, &req));
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);
@@ -199,12 +206,16 @@ pub(super) async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let caller = auth::caller(&state, &req).await?;
     let (title, body) = input.parse()?;
-    let id = posts::create(&state.pool, caller.user_id, &title, &body).await?;
+    let (id, written_at) = state
+        .store
+        .create_post(caller.user_id, &title, &body)
+        .await?;
     tracing::info!(
         message = "Post created.",
         post_id = id.0,
         user_id = caller.user_id.0
     );
+    auth::remember_write(&state, caller, written_at).await;
     let post = posts::get(&state.pool, id)
         .await?
         .ok_or(ApiError::NotFound("The post"))?;
@@ -238,17 +249,15 @@ pub(super) async fn update(
     } else {
         None
     };
-    let edited = posts::update_if_version(
-        &state.pool,
-        id,
-        caller.user_id,
-        expected_version,
-        &title,
-        &body,
-    )
-    .await;
+    let edited = state
+        .store
+        .update_post(id, caller.user_id, expected_version, &title, &body)
+        .await;
     let post = match edited {
-        Ok(post) => post,
+        Ok((post, written_at)) => {
+            auth::remember_write(&state, caller.clone(), written_at).await;
+            post
+        }
         Err(UpdatePostError::VersionMismatch) => return Err(ApiError::PreconditionFailed),
         Err(UpdatePostError::NotFound) => return Err(ApiError::NotFound("The post")),
         Err(UpdatePostError::Forbidden) => {

@@ -113,6 +113,7 @@ async fn the_listing_revalidates_until_a_post_arrives_or_a_comment_is_published(
         .execute(&app.db.pool)
         .await
         .unwrap();
+    app.comments_changed(id).await;
     assert_eq!(
         app.get_if_none_match("/posts", &etag).await.status(),
         StatusCode::OK,

@@ -56,6 +56,7 @@ async fn a_comment_is_accepted_as_pending_and_its_author_can_follow_it() {
     .execute(&app.db.pool)
     .await
     .unwrap();
+    app.comments_changed(post).await;
     let status: Value = app
         .get(&format!("/comments/{id}"), Some(&grace))
         .await

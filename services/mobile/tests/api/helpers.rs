@@ -19,6 +19,21 @@ pub(crate) struct TestApp {
     pub(crate) redis: TestRedis,
 }
 
+impl TestApp {
+    /// What the moderation workers do after changing a post's comments behind the API's back:
+    /// tell the application cache, so the API shows the change at once.
+    pub(crate) async fn comments_changed(&self, post: i64) {
+        let redis = platform_redis::Redis::connect(&self.redis.settings).unwrap();
+        let store = domain::store::Store::connect(
+            &self.db.settings,
+            redis,
+            &platform_cache::CacheSettings::default(),
+        )
+        .unwrap();
+        store.comments_changed(domain::PostId(post)).await;
+    }
+}
+
 pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
