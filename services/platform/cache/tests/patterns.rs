@@ -46,12 +46,12 @@ async fn cache_aside_loads_once_then_hits() {
 }
 
 #[tokio::test]
-async fn concurrent_misses_on_one_key_make_one_load() {
+async fn two_hundred_concurrent_misses_on_one_key_make_one_load() {
     let redis = TestRedis::new();
     let cache = cache(&redis, CacheSettings::default());
     let kind = cache.kind("post", Duration::from_secs(60));
     let calls = Arc::new(AtomicUsize::new(0));
-    let readers = (0..100).map(|_| {
+    let readers = (0..200).map(|_| {
         let (cache, kind, calls) = (cache.clone(), kind.clone(), calls.clone());
         tokio::spawn(async move {
             cache

@@ -9,6 +9,8 @@
 //! The shape follows zero2prod's `spawn_app`: a service's `tests/api/helpers.rs` builds its
 //! settings from these pieces, binds port 0 and drives the real application over HTTP.
 
+mod proxy;
+
 use std::time::Duration;
 
 use platform_config::Secret;
@@ -16,6 +18,8 @@ use platform_db::DbSettings;
 use platform_redis::{Redis, RedisSettings, redis};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+
+pub use proxy::TcpProxy;
 
 /// A name no other test uses: `<prefix>_<32 hex digits>`.
 pub fn unique_name(prefix: &str) -> String {
