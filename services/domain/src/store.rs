@@ -259,20 +259,12 @@ impl Store {
         }
     }
 
-    /// Counts a view of `post`: in Redis (write-behind), or straight into Postgres when the
-    /// cache is off. A view that cannot be counted is dropped, never an error for the reader.
+    /// Counts a view of `post` in Redis (write-behind). `CACHE_ENABLED=false` turns off read
+    /// caching only: counting views with an UPDATE per read would measure a different design,
+    /// not the same one without a cache. A view that cannot be counted is dropped, never an
+    /// error for the reader.
     pub async fn record_view(&self, post: PostId) {
-        let counted = if self.cache.enabled() {
-            self.views
-                .incr(&post.to_string(), 1)
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            add_views(self.db.primary(), &[(post, 1)])
-                .await
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = counted {
+        if let Err(e) = self.views.incr(&post.to_string(), 1).await {
             tracing::debug!(message = "A view was not counted.", post_id = post.0, error = %e);
         }
     }
