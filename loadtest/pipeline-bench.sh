@@ -13,7 +13,7 @@ summary() { python3 -c "import json,sys; m=json.load(open('$1'))['metrics']; \
 rate_max=${RATE_MAX:-2000}
 echo "pipeline: phase 1, offered ${rate_max}/s for ${DURATION_MAX:-10s}" >&2
 RATE=$rate_max DURATION=${DURATION_MAX:-10s} VUS=200 MAX_VUS=400 \
-  k6 run -q --summary-export "$RUN_DIR/max.json" loadtest/pipeline.js >/dev/null 2>&1 || true
+  k6 run -q --summary-trend-stats "avg,min,med,max,p(95),p(99)" --summary-export "$RUN_DIR/max.json" loadtest/pipeline.js >/dev/null 2>&1 || true
 read -r acc1 ref1 p99_1 p50_1 < <(summary "$RUN_DIR/max.json")
 secs1=$(python3 -c "print(float('${DURATION_MAX:-10s}'.rstrip('s')))")
 wait_drained 120 || echo "pipeline: phase 1 did not drain within 120 s" >&2
@@ -22,7 +22,7 @@ start=$(sql "SELECT coalesce(max(id), 0) FROM comments")
 rate=${RATE:-500}
 echo "pipeline: phase 2, offered ${rate}/s for ${DURATION:-20s}" >&2
 RATE=$rate DURATION=${DURATION:-20s} VUS=64 \
-  k6 run -q --summary-export "$RUN_DIR/steady.json" loadtest/pipeline.js >/dev/null 2>&1 || true
+  k6 run -q --summary-trend-stats "avg,min,med,max,p(95),p(99)" --summary-export "$RUN_DIR/steady.json" loadtest/pipeline.js >/dev/null 2>&1 || true
 read -r acc2 ref2 p99_2 p50_2 < <(summary "$RUN_DIR/steady.json")
 wait_drained 120 || echo "pipeline: phase 2 did not drain within 120 s" >&2
 read -r n lat50 lat99 latmax < <(sql "SELECT count(*),

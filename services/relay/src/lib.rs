@@ -29,6 +29,7 @@ use platform_http::HttpSettings;
 use platform_messaging::consumer::error_chain;
 use platform_messaging::lapin::Connection;
 use platform_messaging::{AmqpSettings, MessagingError, OutgoingMessage, Publisher, Topology};
+use platform_telemetry::propagation;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -187,19 +188,48 @@ impl Relay {
             tx.commit().await?;
             return Ok(BatchReport::default());
         }
+        // One producer span per event, a child of the request that wrote it; the message carries
+        // the span's own context, so the consumer's span hangs under it. With tracing off the
+        // span has no context and the request's is passed on unchanged.
+        let spans: Vec<tracing::Span> = rows
+            .iter()
+            .map(|row| {
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.kind = "producer",
+                    messaging.destination.name = %self.topology.exchange,
+                    messaging.message.id = %row.event_id,
+                );
+                propagation::set_remote_parent(&span, |name| match name {
+                    "traceparent" => row.traceparent.as_deref(),
+                    "tracestate" => row.tracestate.as_deref(),
+                    _ => None,
+                });
+                span
+            })
+            .collect();
         let messages: Vec<OutgoingMessage> = rows
             .iter()
-            .map(|row| OutgoingMessage {
-                exchange: self.topology.exchange.clone(),
-                routing_key: row.event_type.clone(),
-                message_id: row.event_id,
-                event_type: row.event_type.clone(),
-                body: row.body.clone().into_bytes(),
-                traceparent: row.traceparent.clone(),
-                tracestate: row.tracestate.clone(),
+            .zip(&spans)
+            .map(|(row, span)| {
+                let mut context = propagation::inject(span);
+                OutgoingMessage {
+                    exchange: self.topology.exchange.clone(),
+                    routing_key: row.event_type.clone(),
+                    message_id: row.event_id,
+                    event_type: row.event_type.clone(),
+                    body: row.body.clone().into_bytes(),
+                    traceparent: context
+                        .remove("traceparent")
+                        .or_else(|| row.traceparent.clone()),
+                    tracestate: context
+                        .remove("tracestate")
+                        .or_else(|| row.tracestate.clone()),
+                }
             })
             .collect();
         let results = publisher.publish_all(&messages).await;
+        drop(spans);
 
         let mut published = Vec::new();
         let (mut failed_ids, mut failed_errors) = (Vec::new(), Vec::new());

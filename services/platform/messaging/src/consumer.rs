@@ -32,6 +32,7 @@ use lapin::{BasicProperties, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::publisher::{PublishError, Publisher};
@@ -63,7 +64,9 @@ pub struct IncomingMessage {
     pub redelivered: bool,
     /// Which handling attempt this is, from 1.
     pub attempt: u32,
+    /// The W3C trace context of the message headers.
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// Why a handler did not finish a message.
@@ -401,11 +404,25 @@ impl<H: MessageHandler> Settle<H> {
     /// Handles one delivery and settles it with the broker.
     async fn run(&self, publisher: &Publisher, delivery: Delivery) -> Outcome {
         let message = incoming(&delivery);
+        // The handler's span continues the trace the message carries (the relay's publish span,
+        // itself a child of the request that wrote the comment).
+        let span = tracing::info_span!(
+            "consume",
+            otel.kind = "consumer",
+            messaging.destination.name = %self.queues.work,
+            messaging.message.id = ?message.message_id,
+            attempt = message.attempt,
+        );
+        platform_telemetry::propagation::set_remote_parent(&span, |name| match name {
+            "traceparent" => message.traceparent.as_deref(),
+            "tracestate" => message.tracestate.as_deref(),
+            _ => None,
+        });
         let result = match message.message_id {
             None => Err(HandlerError::Park(
                 "the message has no UUID message_id".into(),
             )),
-            Some(_) => self.handler.handle(&message).await,
+            Some(_) => self.handler.handle(&message).instrument(span).await,
         };
         let outcome = match result {
             Ok(()) => return self.ack(&delivery, Outcome::Acked).await,
@@ -504,7 +521,7 @@ fn incoming(delivery: &Delivery) -> IncomingMessage {
         _ => 1,
     }
     .max(1);
-    let traceparent = match header("traceparent") {
+    let text = |name: &str| match header(name) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     };
@@ -516,7 +533,8 @@ fn incoming(delivery: &Delivery) -> IncomingMessage {
         body: delivery.data.clone(),
         redelivered: delivery.redelivered,
         attempt,
-        traceparent,
+        traceparent: text("traceparent"),
+        tracestate: text("tracestate"),
     }
 }
 
