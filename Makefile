@@ -10,8 +10,8 @@ CARGO ?= cargo
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-run: services ## Build and run the web service on the local Postgres and Redis (http://127.0.0.1:8101)
-	$(CARGO) run --release --bin web
+run: ## The whole topology natively: gateway, 2 web, 2 mobile, relay and workers (http://127.0.0.1:8080)
+	infra/scripts/run.sh
 
 seed: ## Fill the running stack's database with a realistic data set (USERS, POSTS, COMMENTS)
 	loadtest/seed.sh
