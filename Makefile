@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run migrate seed loadtest test services replica replica-down fmt lint check up down bench-gateway
+.PHONY: help run migrate seed loadtest test services replica replica-down fmt lint check validate up down bench-gateway
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +47,10 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 check: lint test ## Everything CI checks
 
-up: ## Start the backing services with docker compose (where Docker runs)
+validate: ## Check the Dockerfile (hadolint) and docker-compose.yml (Compose schema) without Docker
+	infra/scripts/validate.sh
+
+up: ## Start the whole topology with docker compose (where Docker runs)
 	docker compose up -d --wait
 
 down: ## Stop them and delete their volumes
