@@ -17,16 +17,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if settings.run_migrations {
-        platform_db::ensure_database(&settings.db)
+        domain::prepare_database(&settings.db)
             .await
-            .context("Failed to create the database")?;
+            .context("Failed to prepare the database")?;
     }
     let pool = platform_db::connect(&settings.db)?;
-    if settings.run_migrations {
-        platform_db::migrate(&pool, &domain::MIGRATOR)
-            .await
-            .context("Failed to migrate the database")?;
-    }
     let relay = Relay::new(pool.clone(), settings.clone());
     let (port, server) = health::serve(&settings.http, pool, relay.connected_flag())?;
     tracing::info!(message = "Listening.", port);

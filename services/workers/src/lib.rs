@@ -23,15 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use domain::PostId;
 use domain::comments::{self, Applied, CommentId};
+use domain::store::Store;
+use platform_cache::CacheSettings;
 use platform_db::DbSettings;
 use platform_http::HttpSettings;
 use platform_messaging::{
     AmqpSettings, CommentSubmitted, ConsumeMode, Consumer, Envelope, HandlerError, IncomingMessage,
     MessageHandler, Topology,
 };
+use platform_redis::{Redis, RedisSettings};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::classifier::SpamModel;
@@ -52,6 +55,13 @@ pub struct Settings {
     pub db: DbSettings,
     #[serde(flatten)]
     pub amqp: AmqpSettings,
+    /// `REDIS_URL` and friends: the application cache, whose comment lists the workers
+    /// invalidate.
+    #[serde(flatten)]
+    pub redis: RedisSettings,
+    /// `CACHE_ENABLED`, `CACHE_TTL_*`...: as in the web and mobile services.
+    #[serde(flatten)]
+    pub app_cache: CacheSettings,
     /// `CONSUME_MODE`: `push` (`basic.consume`, the default) or `pull` (`basic.get`).
     pub consume_mode: ConsumeMode,
     /// `PREFETCH`: unacknowledged messages the broker hands this worker at once; also how many
@@ -80,6 +90,8 @@ impl Settings {
             },
             db: DbSettings::default(),
             amqp: AmqpSettings::default(),
+            redis: RedisSettings::default(),
+            app_cache: CacheSettings::default(),
             consume_mode: ConsumeMode::Push,
             prefetch: 32,
             pull_interval_ms: 50,
@@ -139,15 +151,16 @@ fn retry(e: sqlx::Error) -> HandlerError {
 
 /// Classifies a comment and publishes or rejects it.
 pub struct SpamHandler {
-    pool: PgPool,
+    store: Store,
     model: Arc<SpamModel>,
     threshold: f64,
 }
 
 impl SpamHandler {
-    pub fn new(pool: PgPool, model: Arc<SpamModel>, threshold: f64) -> Self {
+    /// Writes through `store`'s primary and invalidates its cache.
+    pub fn new(store: Store, model: Arc<SpamModel>, threshold: f64) -> Self {
         Self {
-            pool,
+            store,
             model,
             threshold,
         }
@@ -161,7 +174,7 @@ impl MessageHandler for SpamHandler {
         let score = self.model.score(&event.data.body).0;
         let is_spam = score >= self.threshold;
         let applied = comments::apply_spam_verdict(
-            &self.pool,
+            self.store.database().primary(),
             SPAM_CONSUMER,
             message_id,
             CommentId(event.data.comment_id),
@@ -178,21 +191,28 @@ impl MessageHandler for SpamHandler {
             duplicate = applied == Applied::Duplicate,
             traceparent = event.trace_context.traceparent.as_deref(),
         );
-        // Publishing changes the post's visible comments; the application cache that would be
-        // invalidated here does not exist yet, so there is nothing to invalidate.
+        // A published comment changes its post's visible comments: drop the cached list, after
+        // the commit, so a reader who refills it sees the comment. A failure is logged by the
+        // store and the list expires with its TTL; it does not undo the verdict.
+        if applied == Applied::Done && !is_spam {
+            self.store
+                .comments_changed(PostId(event.data.post_id))
+                .await;
+        }
         Ok(())
     }
 }
 
 /// Scores a comment's sentiment.
 pub struct SentimentHandler {
-    pool: PgPool,
+    store: Store,
     sentiment: Arc<Sentiment>,
 }
 
 impl SentimentHandler {
-    pub fn new(pool: PgPool, sentiment: Arc<Sentiment>) -> Self {
-        Self { pool, sentiment }
+    /// Writes through `store`'s primary and invalidates its cache.
+    pub fn new(store: Store, sentiment: Arc<Sentiment>) -> Self {
+        Self { store, sentiment }
     }
 }
 
@@ -202,7 +222,7 @@ impl MessageHandler for SentimentHandler {
         let message_id = message.message_id.unwrap_or(event.event_id);
         let (score, label) = self.sentiment.score(&event.data.body);
         let applied = comments::apply_sentiment(
-            &self.pool,
+            self.store.database().primary(),
             SENTIMENT_CONSUMER,
             message_id,
             CommentId(event.data.comment_id),
@@ -219,6 +239,12 @@ impl MessageHandler for SentimentHandler {
             duplicate = applied == Applied::Duplicate,
             traceparent = event.trace_context.traceparent.as_deref(),
         );
+        // The badge shows on a published comment's list whichever worker finishes first.
+        if applied == Applied::Done {
+            self.store
+                .comments_changed(PostId(event.data.post_id))
+                .await;
+        }
         Ok(())
     }
 }
@@ -254,20 +280,15 @@ pub async fn run_worker<H: MessageHandler>(
     settings: Settings,
     subscription: &str,
     name: &str,
-    make_handler: impl FnOnce(PgPool) -> H,
+    make_handler: impl FnOnce(Store) -> H,
 ) -> anyhow::Result<()> {
     if settings.run_migrations {
-        platform_db::ensure_database(&settings.db)
-            .await
-            .context("Failed to create the database")?;
+        domain::prepare_database(&settings.db).await?;
     }
-    let pool = platform_db::connect(&settings.db)?;
-    if settings.run_migrations {
-        platform_db::migrate(&pool, &domain::MIGRATOR)
-            .await
-            .context("Failed to migrate the database")?;
-    }
-    let consumer = consumer(&settings, subscription, name, make_handler(pool.clone()))?;
+    let redis = Redis::connect(&settings.redis)?;
+    let store = Store::connect(&settings.db, redis, &settings.app_cache)?;
+    let pool = store.database().primary().clone();
+    let consumer = consumer(&settings, subscription, name, make_handler(store))?;
     let (port, server) = health::serve(&settings.http, pool, consumer.connected_flag())?;
     tracing::info!(message = "Listening.", port);
     let server_handle = server.handle();

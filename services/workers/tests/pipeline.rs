@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::comments::{self, CommentId};
+use domain::store::Store;
 use domain::{CommentBody, PostBody, PostId, PostTitle, UserId, Username, posts, users};
+use platform_cache::CacheSettings;
 use platform_messaging::lapin::BasicProperties;
 use platform_messaging::lapin::options::BasicPublishOptions;
 use platform_messaging::test_support::TestTopology;
 use platform_messaging::topology::{SENTIMENT, SPAM};
 use platform_messaging::{ConsumeMode, Consumer, Outcome};
-use platform_testing::{TestDatabase, eventually};
+use platform_redis::Redis;
+use platform_testing::{TestDatabase, TestRedis, eventually};
 use relay::Relay;
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +32,7 @@ const HAM_TEXT: &str = "I love this post, thanks for writing it up so clearly!";
 
 struct Fixture {
     db: TestDatabase,
+    redis: TestRedis,
     t: TestTopology,
     author: UserId,
     post: PostId,
@@ -51,10 +55,21 @@ impl Fixture {
         .unwrap();
         Self {
             db,
+            redis: TestRedis::new(),
             t,
             author,
             post,
         }
+    }
+
+    /// The data tier over this test's database and Redis prefix, with the cache on.
+    fn store(&self) -> Store {
+        Store::connect(
+            &self.db.settings,
+            Redis::connect(&self.redis.settings).unwrap(),
+            &CacheSettings::default(),
+        )
+        .unwrap()
     }
 
     async fn submit(&self, body: &str) -> CommentId {
@@ -98,7 +113,7 @@ impl Fixture {
             ConsumeMode::Push,
             prefetch,
             SpamHandler::new(
-                self.db.pool.clone(),
+                self.store(),
                 Arc::new(SpamModel::embedded()),
                 DEFAULT_SPAM_THRESHOLD,
             ),
@@ -112,7 +127,7 @@ impl Fixture {
             SENTIMENT_CONSUMER,
             mode,
             8,
-            SentimentHandler::new(self.db.pool.clone(), Arc::new(Sentiment::default())),
+            SentimentHandler::new(self.store(), Arc::new(Sentiment::default())),
         )
     }
 
@@ -150,6 +165,16 @@ async fn a_comment_ends_published_with_a_sentiment_and_obvious_spam_ends_rejecte
     let spam = f.submit(SPAM_TEXT).await;
     f.relay_all().await;
 
+    // A reader fills the cache with the post's (still empty) comment list.
+    let store = f.store();
+    assert!(
+        store
+            .visible_comments(f.post, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // Sentiment first this time, in pull mode: either worker may finish first.
     let mut sentiment = f.sentiment_consumer(ConsumeMode::Pull);
     assert_eq!(
@@ -171,7 +196,8 @@ async fn a_comment_ends_published_with_a_sentiment_and_obvious_spam_ends_rejecte
     let spam = comments::status(&f.db.pool, spam).await.unwrap().unwrap();
     assert_eq!(spam.status, "rejected");
 
-    let visible = comments::list_visible(&f.db.pool, f.post).await.unwrap();
+    // Publishing invalidated the cached list: the reader sees the comment at once.
+    let visible = store.visible_comments(f.post, None).await.unwrap();
     assert_eq!(visible.len(), 1);
     assert_eq!(visible[0].body, HAM_TEXT);
     assert_eq!(visible[0].sentiment_label.as_deref(), Some("positive"));
@@ -306,6 +332,8 @@ fn spawn_spam_worker(f: &Fixture) -> Child {
         .env("BIND", "127.0.0.1:0")
         .env("RUN_MIGRATIONS", "false")
         .env("PREFETCH", "100")
+        .env("REDIS_URL", f.redis.settings.redis_url.expose())
+        .env("REDIS_KEY_PREFIX", &f.redis.settings.redis_key_prefix)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

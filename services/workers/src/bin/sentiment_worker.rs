@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         settings.common,
         platform_messaging::topology::SENTIMENT,
         SENTIMENT_CONSUMER,
-        |pool| SentimentHandler::new(pool, sentiment),
+        |store| SentimentHandler::new(store, sentiment),
     )
     .await
 }

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         settings.common,
         platform_messaging::topology::SPAM,
         SPAM_CONSUMER,
-        |pool| SpamHandler::new(pool, model, threshold),
+        |store| SpamHandler::new(store, model, threshold),
     )
     .await
 }
