@@ -21,7 +21,7 @@
 pub mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use platform_db::DbSettings;
@@ -113,6 +113,19 @@ struct OutboxRow {
     tracestate: Option<String>,
 }
 
+/// What the relay has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Events the broker confirmed.
+    pub published: AtomicU64,
+    /// Events left in the outbox after a failed publish.
+    pub failed: AtomicU64,
+    /// Batches that found the broker or the database unavailable.
+    pub unavailable: AtomicU64,
+    /// Broker connections made.
+    pub connections: AtomicU64,
+}
+
 /// Drains the outbox into the exchange.
 pub struct Relay {
     pool: PgPool,
@@ -120,6 +133,7 @@ pub struct Relay {
     topology: Topology,
     broker: Option<BrokerSession>,
     connected: Arc<AtomicBool>,
+    stats: Arc<RelayStats>,
 }
 
 impl Relay {
@@ -130,7 +144,13 @@ impl Relay {
             settings,
             broker: None,
             connected: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(RelayStats::default()),
         }
+    }
+
+    /// The relay's counters; `/metrics` reads them.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
     }
 
     /// True while the relay holds a live broker connection; `/readyz` reads it.
@@ -153,6 +173,7 @@ impl Relay {
                 .await?;
             let publisher = Publisher::open(&connection, &self.settings.amqp).await?;
             tracing::info!(message = "Connected to the broker.");
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
             self.connected.store(true, Ordering::Relaxed);
             self.broker = Some(BrokerSession {
                 connection,
@@ -270,6 +291,12 @@ impl Relay {
         if broken {
             self.drop_broker().await;
         }
+        self.stats
+            .published
+            .fetch_add(published.len() as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(failed_ids.len() as u64, Ordering::Relaxed);
         Ok(BatchReport {
             claimed: rows.len(),
             published: published.len(),
@@ -328,6 +355,7 @@ impl Relay {
                 }
                 Ok(_) => Some(platform_messaging::backoff(&self.settings.amqp, failures)),
                 Err(e) => {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         message = "Relaying failed; backing off.",
                         error = %error_chain(&e),
@@ -367,6 +395,52 @@ impl Relay {
         self.drop_broker().await;
         tracing::info!(message = "Relay stopped.");
     }
+}
+
+/// The relay's `/metrics`: its counters and whether it holds a broker connection, read at
+/// scrape time.
+pub fn metrics(relay: &Relay) -> platform_metrics::Metrics {
+    let (stats, connected) = (relay.stats(), relay.connected_flag());
+    let mut metrics = platform_metrics::Metrics::new();
+    metrics.register_collector(platform_metrics::collector(move |s| {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.counter(
+            "relay_events_published",
+            "Events the broker confirmed",
+            &[],
+            load(&stats.published),
+        );
+        s.counter(
+            "relay_events_failed",
+            "Publishes that failed; the rows stay in the outbox",
+            &[],
+            load(&stats.failed),
+        );
+        s.counter(
+            "relay_unavailable",
+            "Batches that found the broker or database away",
+            &[],
+            load(&stats.unavailable),
+        );
+        s.counter(
+            "relay_broker_connections",
+            "Broker connections made",
+            &[],
+            load(&stats.connections),
+        );
+        let up = if connected.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        };
+        s.gauge(
+            "relay_broker_connected",
+            "1 while connected to the broker",
+            &[],
+            up,
+        );
+    }));
+    metrics
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {

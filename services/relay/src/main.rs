@@ -1,6 +1,8 @@
 //! The `relay` binary: drains the outbox into RabbitMQ until SIGTERM, serving `/healthz` and
 //! `/readyz` on `BIND` (default `127.0.0.1:9303`).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use relay::{Relay, Settings, health};
 use tokio::sync::watch;
@@ -23,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let pool = platform_db::connect(&settings.db)?;
     let relay = Relay::new(pool.clone(), settings.clone());
-    let (port, server) = health::serve(&settings.http, pool, relay.connected_flag())?;
+    let metrics = Arc::new(relay::metrics(&relay));
+    let (port, server) = health::serve(&settings.http, pool, relay.connected_flag(), metrics)?;
     tracing::info!(message = "Listening.", port);
     let server_handle = server.handle();
     tokio::spawn(server);

@@ -10,15 +10,17 @@ use actix_web::{App, HttpServer};
 use anyhow::Context;
 use platform_http::HttpSettings;
 use platform_http::health::{Readiness, ReadinessCheck};
+use platform_metrics::Metrics;
 use sqlx::PgPool;
 
-/// A health server on `settings.bind` (port 0 picks one; the port is returned). Ready when
-/// Postgres answers and `broker_connected` is true. It ignores signals: the process stops it
+/// A health server on `settings.bind` (port 0 picks one; the port is returned): `/healthz`,
+/// `/readyz` (ready when Postgres answers and `broker_connected` is true) and `/metrics`. It ignores signals: the process stops it
 /// after the worker has finished the messages it holds.
 pub fn serve(
     settings: &HttpSettings,
     pool: PgPool,
     broker_connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(u16, Server)> {
     let readiness = Readiness::new(
         vec![
@@ -43,7 +45,9 @@ pub fn serve(
         .with_context(|| format!("Failed to bind {}", settings.bind))?;
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {
-        App::new().configure(|cfg| platform_http::health::configure(cfg, readiness.clone()))
+        App::new()
+            .configure(|cfg| platform_http::health::configure(cfg, readiness.clone()))
+            .configure(|cfg| platform_metrics::configure(cfg, metrics.clone()))
     })
     .workers(1)
     .disable_signals()

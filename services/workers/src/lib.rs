@@ -20,6 +20,7 @@ pub mod health;
 pub mod sentiment;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -289,7 +290,8 @@ pub async fn run_worker<H: MessageHandler>(
     let store = Store::connect(&settings.db, redis, &settings.app_cache)?;
     let pool = store.database().primary().clone();
     let consumer = consumer(&settings, subscription, name, make_handler(store))?;
-    let (port, server) = health::serve(&settings.http, pool, consumer.connected_flag())?;
+    let metrics = Arc::new(metrics(name, &consumer));
+    let (port, server) = health::serve(&settings.http, pool, consumer.connected_flag(), metrics)?;
     tracing::info!(message = "Listening.", port);
     let server_handle = server.handle();
     tokio::spawn(server);
@@ -301,6 +303,47 @@ pub async fn run_worker<H: MessageHandler>(
     consumer.run(stopped).await;
     server_handle.stop(true).await;
     Ok(())
+}
+
+/// A worker's `/metrics`: messages by outcome and the broker connection, read at scrape time.
+pub fn metrics<H: MessageHandler>(name: &str, consumer: &Consumer<H>) -> platform_metrics::Metrics {
+    let (stats, connected, worker) = (consumer.stats(), consumer.connected_flag(), name.to_owned());
+    let mut metrics = platform_metrics::Metrics::new();
+    metrics.register_collector(platform_metrics::collector(move |s| {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (outcome, counter) in [
+            ("acked", &stats.acked),
+            ("retried", &stats.retried),
+            ("parked", &stats.parked),
+            ("ack_lost", &stats.ack_lost),
+            ("requeued", &stats.requeued),
+        ] {
+            s.counter(
+                "worker_messages",
+                "Messages settled, by outcome",
+                &[("worker", &worker), ("outcome", outcome)],
+                load(counter),
+            );
+        }
+        s.counter(
+            "worker_broker_connections",
+            "Broker connections made",
+            &[("worker", &worker)],
+            load(&stats.connections),
+        );
+        let up = if connected.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        };
+        s.gauge(
+            "worker_broker_connected",
+            "1 while connected to the broker",
+            &[("worker", &worker)],
+            up,
+        );
+    }));
+    metrics
 }
 
 /// Loads settings of type `T`, exiting with EX_USAGE (64) and the reason when they are wrong.

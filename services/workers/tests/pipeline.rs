@@ -15,7 +15,7 @@ use platform_messaging::test_support::TestTopology;
 use platform_messaging::topology::{SENTIMENT, SPAM};
 use platform_messaging::{ConsumeMode, Consumer, Outcome};
 use platform_redis::Redis;
-use platform_testing::{TestDatabase, TestRedis, eventually};
+use platform_testing::{TestDatabase, TestRedis, closed_port, eventually};
 use relay::Relay;
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -316,7 +316,7 @@ async fn a_poison_message_is_parked_while_the_good_ones_flow() {
     assert_eq!(parked[0].data, b"{\"not\": \"an event\"}");
 }
 
-fn spawn_spam_worker(f: &Fixture) -> Child {
+fn spawn_spam_worker(f: &Fixture, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_spam-worker"))
         .env("DATABASE_URL", f.db.settings.database_url.expose())
         .env("AMQP_URL", f.t.settings.amqp_url.expose())
@@ -329,7 +329,7 @@ fn spawn_spam_worker(f: &Fixture) -> Child {
             "AMQP_RETRY_DELAY_MS",
             f.t.settings.amqp_retry_delay_ms.to_string(),
         )
-        .env("BIND", "127.0.0.1:0")
+        .env("BIND", format!("127.0.0.1:{port}"))
         .env("RUN_MIGRATIONS", "false")
         .env("PREFETCH", "100")
         .env("REDIS_URL", f.redis.settings.redis_url.expose())
@@ -366,7 +366,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     f.relay_all().await;
 
     let done = "SELECT count(*) FROM comments WHERE status <> 'pending'";
-    let mut worker = spawn_spam_worker(&f);
+    let mut worker = spawn_spam_worker(&f, 0);
     let started = eventually(Duration::from_secs(30), || async {
         f.count(done).await >= 50
     })
@@ -380,11 +380,42 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     );
     let at_kill = f.count(done).await;
 
-    let mut worker = spawn_spam_worker(&f);
+    let port = closed_port();
+    let mut worker = spawn_spam_worker(&f, port);
     let finished = eventually(Duration::from_secs(60), || async {
         f.count(done).await == total
     })
     .await;
+    // Its health and metrics, on BIND.
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .ok()?;
+            Some((response.status().as_u16(), response.text().await.ok()?))
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(get("/readyz").await, Some((200, _)))
+        })
+        .await
+    );
+    assert_eq!(get("/healthz").await.unwrap().0, 200);
+    let (status, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"worker_messages_total{worker="spam-worker",outcome="acked"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("worker_broker_connected{worker=\"spam-worker\"} 1"),
+        "{metrics}"
+    );
     // SIGTERM: a graceful stop, which must exit cleanly.
     let terminated = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -106,6 +106,31 @@ pub enum Outcome {
     Requeued,
 }
 
+/// What a consumer has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub acked: AtomicU64,
+    pub retried: AtomicU64,
+    pub parked: AtomicU64,
+    pub ack_lost: AtomicU64,
+    pub requeued: AtomicU64,
+    /// Connections made (the first one included).
+    pub connections: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn record(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Acked => &self.acked,
+            Outcome::Retried { .. } => &self.retried,
+            Outcome::Parked { .. } => &self.parked,
+            Outcome::AckLost => &self.ack_lost,
+            Outcome::Requeued => &self.requeued,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A queue consumer that reconnects by itself.
 ///
 /// [`Consumer::try_handle_one`] is one step: it takes at most one message and settles it;
@@ -121,6 +146,7 @@ pub struct Consumer<H> {
     topology: Option<Topology>,
     session: Option<Session>,
     connected: Arc<AtomicBool>,
+    stats: Arc<ConsumerStats>,
 }
 
 struct Session {
@@ -132,6 +158,7 @@ struct Session {
 /// What the per-message tasks share.
 struct Settle<H> {
     handler: Arc<H>,
+    stats: Arc<ConsumerStats>,
     queues: QueueSet,
     max_attempts: u32,
     operation_timeout: Duration,
@@ -159,6 +186,7 @@ impl<H: MessageHandler> Consumer<H> {
             topology: None,
             session: None,
             connected: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(ConsumerStats::default()),
         }
     }
 
@@ -178,6 +206,11 @@ impl<H: MessageHandler> Consumer<H> {
     /// A flag that is true while the consumer holds a live connection; `/readyz` reads it.
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
+    }
+
+    /// The consumer's counters; `/metrics` reads them.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
     }
 
     /// The handler, for tests that inspect what it saw.
@@ -288,6 +321,7 @@ impl<H: MessageHandler> Consumer<H> {
     fn settle(&self) -> Settle<H> {
         Settle {
             handler: self.handler.clone(),
+            stats: self.stats.clone(),
             queues: self.queues.clone(),
             max_attempts: self.settings.amqp_max_attempts.max(1),
             operation_timeout: self.settings.operation_timeout(),
@@ -336,6 +370,7 @@ impl<H: MessageHandler> Consumer<H> {
             ConsumeMode::Pull => None,
         };
         tracing::info!(message = "Consuming.", queue = %self.queues.work, mode = ?self.mode);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);
         Ok(self.session.insert(Session {
             connection,
@@ -401,8 +436,14 @@ impl<H: MessageHandler> Consumer<H> {
 }
 
 impl<H: MessageHandler> Settle<H> {
-    /// Handles one delivery and settles it with the broker.
+    /// Handles one delivery, settles it with the broker and counts the outcome.
     async fn run(&self, publisher: &Publisher, delivery: Delivery) -> Outcome {
+        let outcome = self.settle_one(publisher, delivery).await;
+        self.stats.record(&outcome);
+        outcome
+    }
+
+    async fn settle_one(&self, publisher: &Publisher, delivery: Delivery) -> Outcome {
         let message = incoming(&delivery);
         // The handler's span continues the trace the message carries (the relay's publish span,
         // itself a child of the request that wrote the comment).

@@ -29,7 +29,9 @@ pub mod settings;
 pub mod test_support;
 pub mod topology;
 
-pub use consumer::{ConsumeMode, Consumer, HandlerError, IncomingMessage, MessageHandler, Outcome};
+pub use consumer::{
+    ConsumeMode, Consumer, ConsumerStats, HandlerError, IncomingMessage, MessageHandler, Outcome,
+};
 pub use envelope::{CommentSubmitted, Envelope, TraceContext};
 pub use publisher::{OutgoingMessage, PublishError, Publisher};
 pub use settings::AmqpSettings;
