@@ -480,12 +480,18 @@ impl Proxy {
 #[tokio::test]
 async fn a_worker_resumes_by_itself_after_its_connection_is_cut() {
     let f = Fixture::new().await;
-    let proxy = Proxy::start("127.0.0.1:5672".into()).await;
+    // The proxy stands between the worker and the broker of AMQP_URL.
     let mut amqp = f.t.settings.clone();
-    let url = amqp
-        .amqp_url
-        .expose()
-        .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
+    let url = amqp.amqp_url.expose().to_owned();
+    let authority = url.split_once("://").unwrap().1.split('/').next().unwrap();
+    let broker = authority.rsplit('@').next().unwrap().to_owned();
+    let upstream = if broker.contains(':') {
+        broker.clone()
+    } else {
+        format!("{broker}:5672")
+    };
+    let proxy = Proxy::start(upstream).await;
+    let url = url.replacen(&broker, &format!("127.0.0.1:{}", proxy.port), 1);
     amqp.amqp_url = platform_config::Secret::new(url);
     let worker = f.spam_consumer_with(amqp, 8);
     let connected = worker.connected_flag();
