@@ -82,7 +82,10 @@ async fn a_backlog_written_while_the_broker_was_unreachable_is_published_when_it
     assert_eq!(unpublished(&db).await, 0);
     assert_eq!(relay.relay_batch().await.unwrap().claimed, 0);
     let metrics = relay::metrics(&relay).render();
-    assert!(metrics.contains("relay_events_published_total 20"), "{metrics}");
+    assert!(
+        metrics.contains("relay_events_published_total 20"),
+        "{metrics}"
+    );
     assert!(metrics.contains("relay_broker_connected 1"), "{metrics}");
 
     // Every subscriber got every event once, with the outbox's event id as message_id.
