@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run migrate seed loadtest test services replica replica-down fmt lint check validate up down bench-gateway
+.PHONY: help run migrate seed loadtest test services replica replica-down fmt lint check validate up down bench-gateway test-browser
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ test: services replica ## Run every test against the local Postgres (and its rep
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+test-browser: services ## End-to-end test in a real browser (Debian's Chromium) through the gateway of a private stack
+	tests/browser/run.sh
 
 services: ## Check that Postgres, Redis and RabbitMQ are reachable, and say how to start any that is not
 	@infra/scripts/services.sh check
