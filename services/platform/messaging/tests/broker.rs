@@ -85,7 +85,8 @@ async fn rabbitmq_parks_a_message_nacked_past_its_delivery_limit() {
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut deliveries = 0;
-    for _ in 0..20 {
+    // Bounded: 4 deliveries, then polls (20 ms apart) until the dead-lettered copy lands.
+    for _ in 0..250 {
         match channel
             .basic_get(spam.work.as_str().into(), BasicGetOptions::default())
             .await
