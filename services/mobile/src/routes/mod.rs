@@ -17,39 +17,43 @@ use crate::error::ApiError;
 /// The path prefix of every endpoint.
 pub const PREFIX: &str = "/api/v1";
 
-/// Mounts every endpoint. The cacheable reads answer `HEAD` too (headers only, validators
-/// included). Each resource answers an unsupported method with a 405 problem, and
-/// anything else is a 404 problem.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope(PREFIX)
-            .service(resource("/auth/register", "POST").route(web::post().to(account::register)))
-            .service(resource("/auth/login", "POST").route(web::post().to(account::login)))
-            .service(resource("/auth/logout", "POST").route(web::post().to(account::logout)))
-            .service(resource("/me", "GET").route(web::get().to(account::me)))
-            .service(
-                resource("/posts", "GET, HEAD, POST")
-                    .route(web::get().to(posts::list))
-                    .route(web::head().to(posts::list))
-                    .route(web::post().to(posts::create)),
-            )
-            .service(
-                resource("/posts/{id}", "GET, HEAD, PUT")
-                    .route(web::get().to(posts::show))
-                    .route(web::head().to(posts::show))
-                    .route(web::put().to(posts::update)),
-            )
-            .service(
-                resource("/posts/{id}/comments", "GET, HEAD, POST")
-                    .route(web::get().to(comments::list))
-                    .route(web::head().to(comments::list))
-                    .route(web::post().to(comments::submit)),
-            )
-            .service(resource("/comments/{id}", "GET").route(web::get().to(comments::status))),
-    )
-    .default_service(web::to(|| async {
-        ApiError::NotFound("The resource").error_response()
-    }));
+/// Mounts every endpoint; `body_limit` bounds JSON bodies. The cacheable reads answer `HEAD`
+/// too (headers only, validators included). Each resource answers an unsupported method with
+/// a 405 problem, and anything else is a 404 problem.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.app_data(platform_http::json::json_config(body_limit))
+        .app_data(platform_http::json::query_config())
+        .service(
+            web::scope(PREFIX)
+                .service(
+                    resource("/auth/register", "POST").route(web::post().to(account::register)),
+                )
+                .service(resource("/auth/login", "POST").route(web::post().to(account::login)))
+                .service(resource("/auth/logout", "POST").route(web::post().to(account::logout)))
+                .service(resource("/me", "GET").route(web::get().to(account::me)))
+                .service(
+                    resource("/posts", "GET, HEAD, POST")
+                        .route(web::get().to(posts::list))
+                        .route(web::head().to(posts::list))
+                        .route(web::post().to(posts::create)),
+                )
+                .service(
+                    resource("/posts/{id}", "GET, HEAD, PUT")
+                        .route(web::get().to(posts::show))
+                        .route(web::head().to(posts::show))
+                        .route(web::put().to(posts::update)),
+                )
+                .service(
+                    resource("/posts/{id}/comments", "GET, HEAD, POST")
+                        .route(web::get().to(comments::list))
+                        .route(web::head().to(comments::list))
+                        .route(web::post().to(comments::submit)),
+                )
+                .service(resource("/comments/{id}", "GET").route(web::get().to(comments::status))),
+        )
+        .default_service(web::to(|| async {
+            ApiError::NotFound("The resource").error_response()
+        }));
 }
 
 /// A resource whose unsupported methods get a 405 problem naming the `allow`ed ones.

@@ -12,10 +12,11 @@ use platform_session::{Session, transport};
 use crate::error::PageError;
 use crate::startup::AppState;
 
-/// Mounts every page.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Mounts every page; `body_limit` bounds form bodies.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     // The cacheable pages answer `HEAD` too: headers and validators without the body.
-    cfg.route("/", web::get().to(posts::home))
+    cfg.app_data(form_config(body_limit))
+        .route("/", web::get().to(posts::home))
         .route("/", web::head().to(posts::home))
         .route("/posts/new", web::get().to(posts::new_post_form))
         .route("/posts", web::post().to(posts::create_post))
@@ -35,7 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Form bodies: bounded like every body, and a malformed one is a readable 400 page.
-pub fn form_config(limit: usize) -> web::FormConfig {
+fn form_config(limit: usize) -> web::FormConfig {
     web::FormConfig::default()
         .limit(limit)
         .error_handler(|err, _| {
