@@ -90,7 +90,7 @@ pub async fn serve(
             let runtime = shared.runtime();
             text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(&runtime.upstreams, &shared.local),
             )
         }

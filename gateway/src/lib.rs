@@ -60,6 +60,7 @@ pub struct Gateway {
     listener: TcpListener,
     admin: TcpListener,
     tcp: Vec<TcpListener>,
+    tracing: bool,
 }
 
 impl Gateway {
@@ -95,7 +96,20 @@ impl Gateway {
             listener,
             admin,
             tcp,
+            tracing: false,
         })
+    }
+
+    /// Turns request tracing on or off (off by default).
+    ///
+    /// On, every proxied request gets an OpenTelemetry server span that continues the client's
+    /// `traceparent`, and the backend receives a `traceparent` naming that span. The spans go
+    /// to whatever subscriber is current: `platform_telemetry::init` in the binary, or one a
+    /// test installs. Off, no span is created and `traceparent` passes through untouched, so
+    /// tracing costs nothing on the request path.
+    pub fn with_tracing(mut self, on: bool) -> Self {
+        self.tracing = on;
+        self
     }
 
     /// The bound public address.
@@ -129,6 +143,7 @@ impl Gateway {
             listener,
             admin,
             tcp,
+            tracing,
         } = self;
         shared.start();
         // Every connection task holds a sender; when all are gone, the receiver sees `None`.
@@ -155,7 +170,7 @@ impl Gateway {
                     let shared = Arc::clone(&shared);
                     let peer = Arc::new(Peer::new(peer));
                     let service = service_fn(move |req| {
-                        proxy::serve(Arc::clone(&shared), Arc::clone(&peer), req)
+                        proxy::serve(Arc::clone(&shared), Arc::clone(&peer), req, tracing)
                     });
                     serve_http(builder.clone(), stream, service, idle, shutdown, done)
                 },

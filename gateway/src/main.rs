@@ -44,13 +44,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Built here, before the runtime: the OTLP exporter runs on its own thread, and the guard
+    // is dropped after the runtime so the last spans are flushed.
+    let _telemetry = platform_telemetry::init("gateway");
+    let tracing = platform_telemetry::export_configured();
 
     // One worker runs on a current-thread runtime: no work stealing, no cross-thread wakeups,
     // the closest match to one nginx or HAProxy worker.
@@ -74,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path)) {
+    match runtime.block_on(serve(config, path, tracing)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e:#}");
@@ -83,10 +80,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf, tracing: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let gateway = Gateway::build_with_path(config, Some(path)).await?;
+    let gateway = Gateway::build_with_path(config, Some(path))
+        .await?
+        .with_tracing(tracing);
     tracing::info!(
         message = "Gateway listening.",
         listen = %gateway.local_addr(),

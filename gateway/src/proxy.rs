@@ -15,8 +15,11 @@ use hyper::header::{
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::request::Parts;
-use hyper::http::uri::PathAndQuery;
+use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Method, Request, Response, Uri};
+
+use platform_telemetry::propagation;
+use tracing::Instrument as _;
 
 use crate::balance::hash_bytes;
 use crate::body::{BodyError, ResponseBody, UpstreamBody};
@@ -33,6 +36,8 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// What the gateway knows about a client connection, computed once at accept.
 #[derive(Debug, Clone)]
@@ -52,31 +57,136 @@ impl Peer {
 }
 
 /// Serves one request; every failure becomes a problem+json answer.
+///
+/// With `tracing` on, the request runs inside a server span (see [`serve_traced`]); off, no
+/// span is created and no trace header is touched.
 pub async fn serve(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
     req: Request<Incoming>,
+    tracing: bool,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let runtime = shared.runtime();
-    match proxy(&runtime, &peer, req).await {
-        Ok(response) => Ok(response),
-        Err(error) => {
-            let status = error.status().as_u16();
-            shared.local.record(status);
-            if status >= 500 {
-                tracing::warn!(message = "Request failed.", %error, source = ?error.source_kind());
-            } else {
-                tracing::debug!(message = "Request refused.", %error);
-            }
-            Ok(error.into_response())
-        }
+    if tracing {
+        // Boxed, so the span and its bookkeeping do not grow the future of untraced requests.
+        return Ok(Box::pin(serve_traced(shared, peer, req)).await);
     }
+    let runtime = shared.runtime();
+    Ok(match proxy(&runtime, &peer, req, None).await {
+        Ok(response) => response,
+        Err(error) => local_answer(&shared, error),
+    })
 }
 
+/// Counts, logs and answers a request the gateway could not proxy.
+fn local_answer(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
+    let status = error.status().as_u16();
+    shared.local.record(status);
+    if status >= 500 {
+        tracing::warn!(message = "Request failed.", %error, source = ?error.source_kind());
+    } else {
+        tracing::debug!(message = "Request refused.", %error);
+    }
+    error.into_response()
+}
+
+/// Serves one request inside an OpenTelemetry server span that continues the client's trace.
+///
+/// Attributes follow OpenTelemetry's HTTP server conventions (`http.request.method`,
+/// `url.path`, `server.address` and `server.port` from `Host`, `network.peer.address`,
+/// `http.response.status_code`, error status on 5xx); the gateway's own decisions are
+/// `scaleout.upstream`, `scaleout.policy` and `scaleout.backend` (the backend address). The
+/// span ends with the response head, like the services' request spans.
+async fn serve_traced(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    use tracing::field::Empty;
+
+    let method = req.method().as_str();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        url.path = req.uri().path(),
+        url.scheme = "http",
+        server.address = Empty,
+        server.port = Empty,
+        network.peer.address = %peer.addr.ip(),
+        network.peer.port = i64::from(peer.addr.port()),
+        http.response.status_code = Empty,
+        scaleout.upstream = Empty,
+        scaleout.policy = Empty,
+        scaleout.backend = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    if let Some(host) = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+    {
+        span.record("server.address", host.host());
+        if let Some(port) = host.port_u16() {
+            span.record("server.port", i64::from(port));
+        }
+    }
+    propagation::set_remote_parent(&span, |name| {
+        req.headers().get(name).and_then(|v| v.to_str().ok())
+    });
+    if let Some((trace_id, span_id)) = propagation::ids(&span) {
+        span.record("trace_id", trace_id);
+        span.record("span_id", span_id);
+    }
+
+    let runtime = shared.runtime();
+    let response = match proxy(&runtime, &peer, req, Some(&span))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => span.in_scope(|| local_answer(&shared, error)),
+    };
+    let status = response.status().as_u16();
+    // As an i64: OpenTelemetry has no unsigned integers, and smaller ones arrive as text.
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
+/// Points the backend's `traceparent` (and `tracestate`) at the gateway's span, replacing the
+/// client's, so the service's span becomes the gateway span's child. Without an OpenTelemetry
+/// layer the span has no context, and the client's headers are left as they are.
+fn propagate(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = propagation::inject(span);
+    let Some(parent) = context
+        .get("traceparent")
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    else {
+        return;
+    };
+    headers.insert(&TRACEPARENT, parent);
+    match context
+        .get("tracestate")
+        .filter(|v| !v.is_empty())
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        Some(state) => headers.insert(&TRACESTATE, state),
+        None => headers.remove(&TRACESTATE),
+    };
+}
+
+/// The L7 path proper. `span` is the request's span when tracing is on.
 async fn proxy(
     rt: &Runtime,
     peer: &Peer,
     req: Request<Incoming>,
+    span: Option<&tracing::Span>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let trusted = rt.is_trusted(peer.addr.ip());
     let client_ip = if trusted {
@@ -111,6 +221,10 @@ async fn proxy(
         .ok_or_else(|| ProxyError::NoRoute(req.uri().path().to_owned()))?;
     let upstream = &route.upstream;
     let set = upstream.backends();
+    if let Some(span) = span {
+        span.record("scaleout.upstream", &*upstream.name);
+        span.record("scaleout.policy", upstream.policy.as_str());
+    }
 
     let pinned = upstream
         .sticky_cookie
@@ -127,6 +241,9 @@ async fn proxy(
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD)
         || parts.headers.contains_key(&IDEMPOTENCY_KEY);
     rewrite_request_headers(&mut parts.headers, peer, trusted);
+    if let Some(span) = span {
+        propagate(span, &mut parts.headers);
+    }
     let body = if body.is_end_stream() {
         UpstreamBody::Empty
     } else if idempotent
@@ -154,6 +271,9 @@ async fn proxy(
     };
 
     let backend = &set.backends[first];
+    if let Some(span) = span {
+        span.record("scaleout.backend", &*backend.addr_text);
+    }
     let error = match attempt(rt, upstream, backend, parts, body).await {
         Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
@@ -169,6 +289,9 @@ async fn proxy(
         return Err(error);
     }
     tracing::debug!(message = "Retrying on another backend.", %error);
+    if let Some(span) = span {
+        span.record("scaleout.backend", &*set.backends[second].addr_text);
+    }
     // Boxed: a retry is rare, and its state would otherwise double the size of every request.
     let exchange = Box::pin(attempt(rt, upstream, &set.backends[second], parts, body)).await?;
     Ok(respond(exchange, upstream, pinned))

@@ -57,8 +57,11 @@ fn spawn(name: &str, toml: &str) -> Process {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the gateway exited").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        // One JSON object per line; the startup line names the bound address.
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a JSON log line, got {line:?}: {e}"));
+        if let Some(listen) = event["listen"].as_str() {
+            break listen.parse().unwrap();
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
