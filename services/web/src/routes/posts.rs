@@ -54,14 +54,13 @@ pub(super) async fn home(
         .list_posts(query.before.map(PostId), state.settings.page_size, seen)
         .await?;
     // What changes the page: posts arriving (ids), edits (versions), published comments
-    // (counts), views, and where the next page starts.
+    // (counts), and where the next page starts; not the approximate view counts.
     let mut fingerprint = Fingerprint::new("web-home");
     for item in &page.items {
         fingerprint = fingerprint
             .part(item.id)
             .part(item.version)
-            .part(item.comment_count)
-            .part(item.views);
+            .part(item.comment_count);
     }
     let fingerprint = fingerprint.part(page.next_cursor.map(|c| c.0).unwrap_or(0));
     let newest = page.items.iter().map(|p| p.updated_at).max();
@@ -102,12 +101,11 @@ pub(super) async fn show_post(
     let store = state.store.clone();
     actix_web::rt::spawn(async move { store.record_view(id).await });
     let comment_pending = req.query_string().contains("comment=pending");
-    // The post changes by edits (version) and views; its comments by being published (ids)
-    // and scored (sentiment).
+    // The post changes by edits (version); its comments by being published (ids) and scored
+    // (sentiment). View counts are approximate and left out (see `domain::store`).
     let mut fingerprint = Fingerprint::new("web-post")
         .part(post.id)
         .part(post.version)
-        .part(post.views)
         .part(comment_pending);
     for c in &comments {
         fingerprint = fingerprint
