@@ -7,8 +7,10 @@
 source "$(dirname "$0")/pipeline-stack.sh"
 
 summary() { python3 -c "import json,sys; m=json.load(open('$1'))['metrics']; \
-  print(int(m.get('accepted',{}).get('count',0)), int(m.get('refused',{}).get('count',0)), \
-  round(m['http_req_duration']['p(99)'],1), round(m['http_req_duration']['med'],1))"; }
+  c=lambda k: int(m.get(k,{}).get('count',0)); \
+  print(c('accepted'), c('refused'), round(m['http_req_duration']['p(99)'],1), round(m['http_req_duration']['med'],1)); \
+  print('  refused: 5xx', c('refused_5xx'), 'other', c('refused_other'), 'unanswered', c('unanswered'), \
+        'dropped (no VU free)', c('dropped_iterations'), file=sys.stderr)"; }
 
 rate_max=${RATE_MAX:-2000}
 echo "pipeline: phase 1, offered ${rate_max}/s for ${DURATION_MAX:-10s}" >&2

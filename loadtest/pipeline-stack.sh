@@ -40,7 +40,8 @@ rabbitmqctl -q set_permissions -p "$name" guest '.*' '.*' '.*' >/dev/null
 psql "$server/postgres" -q -c "CREATE DATABASE \"$name\"" >/dev/null
 
 api_port=$(free_port)
-BIND=127.0.0.1:$api_port RUN_MIGRATIONS=true "$bin/mobile" >"$RUN_DIR/mobile.log" 2>&1 &
+BIND=127.0.0.1:$api_port RUN_MIGRATIONS=true DB_MAX_CONNECTIONS=${API_DB_CONNECTIONS:-20} \
+  REDIS_POOL_SIZE=${API_REDIS_POOL:-32} REDIS_TIMEOUT_MS=${API_REDIS_TIMEOUT_MS:-1000} "$bin/mobile" >"$RUN_DIR/mobile.log" 2>&1 &
 pids+=($!)
 export BASE_URL=http://127.0.0.1:$api_port
 for _ in $(seq 100); do curl -fsS -o /dev/null "$BASE_URL/healthz" 2>/dev/null && break; sleep 0.1; done

@@ -8,6 +8,11 @@ import { Counter } from 'k6/metrics';
 
 const accepted = new Counter('accepted');
 const refused = new Counter('refused');
+// Why submissions were refused: 5xx answers, other answers, and no answer at all (timeouts,
+// connection errors, status 0).
+const refused5xx = new Counter('refused_5xx');
+const refusedOther = new Counter('refused_other');
+const unanswered = new Counter('unanswered');
 
 const base = __ENV.BASE_URL;
 const headers = {
@@ -54,5 +59,8 @@ export default function () {
     accepted.add(1);
   } else {
     refused.add(1);
+    if (res.status === 0) unanswered.add(1);
+    else if (res.status >= 500) refused5xx.add(1);
+    else refusedOther.add(1);
   }
 }
