@@ -137,12 +137,14 @@ impl Store {
 
     /// Post `id`.
     pub async fn post(&self, id: PostId, seen: Option<Lsn>) -> Result<Option<Post>, sqlx::Error> {
-        let pool = self.reader(seen);
         if !self.cache_safe(seen) {
-            return posts::get(pool, id).await;
+            return posts::get(self.reader(seen), id).await;
         }
+        // The pool is chosen only on a miss, so `db_reads_total` counts real database reads.
         self.cache
-            .get_or_load(&self.post, &id.to_string(), || posts::get(pool, id))
+            .get_or_load(&self.post, &id.to_string(), || {
+                posts::get(self.reader(seen), id)
+            })
             .await
     }
 
@@ -153,15 +155,16 @@ impl Store {
         limit: u32,
         seen: Option<Lsn>,
     ) -> Result<Page, sqlx::Error> {
-        let pool = self.reader(seen);
         if !self.cache_safe(seen) {
-            return posts::list(pool, before, limit).await;
+            return posts::list(self.reader(seen), before, limit).await;
         }
         let key = format!("{}:{limit}", before.map_or(0, |b| b.0));
         let page = self
             .cache
             .get_or_load(&self.post_list, &key, || async {
-                posts::list(pool, before, limit).await.map(Some)
+                posts::list(self.reader(seen), before, limit)
+                    .await
+                    .map(Some)
             })
             .await?;
         Ok(page.unwrap_or(Page {
@@ -176,14 +179,15 @@ impl Store {
         post: PostId,
         seen: Option<Lsn>,
     ) -> Result<Vec<Comment>, sqlx::Error> {
-        let pool = self.reader(seen);
         if !self.cache_safe(seen) {
-            return comments::list_visible(pool, post).await;
+            return comments::list_visible(self.reader(seen), post).await;
         }
         let found = self
             .cache
             .get_or_load(&self.comment_list, &post.to_string(), || async {
-                comments::list_visible(pool, post).await.map(Some)
+                comments::list_visible(self.reader(seen), post)
+                    .await
+                    .map(Some)
             })
             .await?;
         Ok(found.unwrap_or_default())
