@@ -52,6 +52,67 @@ impl Readiness {
     }
 }
 
+impl ReadinessCheck {
+    /// A check that passes while `flag` is set, for a dependency a process tracks itself (a
+    /// broker connection that its consumer loop keeps open); `what` says why it is not ready.
+    pub fn flag(
+        name: &'static str,
+        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        what: &'static str,
+    ) -> Self {
+        Self::new(name, move || {
+            let up = flag.load(std::sync::atomic::Ordering::Relaxed);
+            async move { if up { Ok(()) } else { Err(what) } }
+        })
+    }
+}
+
+/// A probe server for processes with no HTTP API of their own (the relay, the workers):
+/// `/healthz`, `/readyz` with `checks`, and whatever `extra` mounts (`/metrics`), on one worker
+/// thread at `settings.bind` (port 0 picks one; the port is returned).
+///
+/// It ignores signals: the process stops it after it has finished its own work, so the probes
+/// answer for as long as the process is alive.
+pub fn serve_probes<F>(
+    settings: &crate::HttpSettings,
+    checks: Vec<ReadinessCheck>,
+    extra: F,
+) -> std::io::Result<(u16, actix_web::dev::Server)>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let readiness = Readiness::new(checks, Duration::from_millis(settings.readiness_timeout_ms));
+    let listener = std::net::TcpListener::bind(&settings.bind)?;
+    let port = listener.local_addr()?.port();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .configure(|cfg| configure(cfg, readiness.clone()))
+            .configure(extra.clone())
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((port, server))
+}
+
+/// Resolves on SIGTERM (what an orchestrator sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("the SIGTERM handler can be installed");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!(message = "Stopping.");
+}
+
 /// Registers `/healthz` and `/readyz`.
 pub fn configure(cfg: &mut web::ServiceConfig, readiness: Readiness) {
     cfg.app_data(web::Data::new(readiness))
