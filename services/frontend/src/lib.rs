@@ -9,6 +9,11 @@
 //! - [`Settings`]: every variable both services read.
 //! - [`AppState`]: what every handler can reach.
 //! - [`Application`]: binds, wires and runs a server around a service's routes.
+//! - [`failure`] and [`front_end_error!`]: dependency failures and error chains, for both
+//!   services' error types.
+//! - [`Command`]: the binaries' command line (`serve` or `migrate`).
+
+pub mod failure;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -220,5 +225,27 @@ impl Application {
             tracing::warn!(message = "Flushing view counts at shutdown failed.", error = %e);
         }
         Ok(())
+    }
+}
+
+/// What a front end's binary was asked to do: `NAME` serves, `NAME migrate` creates and
+/// migrates the database, then exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    Migrate,
+}
+
+impl Command {
+    /// Reads the first argument; anything else prints the usage and exits with `EX_USAGE`.
+    pub fn from_args(program: &str) -> Self {
+        match std::env::args().nth(1).as_deref() {
+            None | Some("serve") => Self::Serve,
+            Some("migrate") => Self::Migrate,
+            Some(other) => {
+                eprintln!("{program}: unknown command `{other}`; usage: {program} [serve|migrate]");
+                std::process::exit(64);
+            }
+        }
     }
 }

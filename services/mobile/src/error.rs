@@ -56,37 +56,7 @@ impl ApiError {
     }
 }
 
-impl std::fmt::Debug for ApiError {
-    /// Prints the whole chain of causes, so the request log says why, not just what.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{self}")?;
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            writeln!(f, "Caused by:\n\t{cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(message = "Database unavailable.", error = %e);
-                Self::Unavailable("The database")
-            }
-            other => Self::Unexpected(anyhow::Error::new(other).context("Database query failed")),
-        }
-    }
-}
-
-impl From<platform_session::SessionError> for ApiError {
-    fn from(e: platform_session::SessionError) -> Self {
-        tracing::warn!(message = "Session store unavailable.", error = %e);
-        Self::Unavailable("The session store")
-    }
-}
+frontend::front_end_error!(ApiError);
 
 impl ApiError {
     fn problem(&self) -> Problem {

@@ -49,7 +49,8 @@ pub struct Settings {
     /// `RELAY_BATCH_SIZE`: outbox rows claimed, published and marked per transaction.
     pub relay_batch_size: i64,
     /// `RELAY_POLL_INTERVAL_MS`: with no notification, look at the outbox this often anyway
-    /// (a notification can be missed while the listening connection reconnects).
+    /// (a notification can be missed while the listening connection reconnects); the backlog
+    /// shown at `/metrics` is measured at the same interval.
     pub relay_poll_interval_ms: u64,
     /// `RELAY_RETENTION_SECS`: published rows are deleted after this long.
     pub relay_retention_secs: u64,
@@ -124,6 +125,28 @@ pub struct RelayStats {
     pub unavailable: AtomicU64,
     /// Broker connections made.
     pub connections: AtomicU64,
+    /// Outbox rows waiting to be published, when last measured.
+    pub backlog: AtomicU64,
+    /// How long the oldest of them has waited, in milliseconds, when last measured.
+    pub oldest_age_ms: AtomicU64,
+}
+
+/// Measures the outbox backlog into `stats`: the rows still to publish and the age of the
+/// oldest. It walks the partial index of unpublished rows, so it costs little while the relay
+/// keeps up.
+pub async fn measure_backlog(pool: &PgPool, stats: &RelayStats) -> Result<(), sqlx::Error> {
+    let (rows, oldest_age_ms): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), \
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)) * 1000, 0)::float8 \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    stats.backlog.store(rows.max(0) as u64, Ordering::Relaxed);
+    stats
+        .oldest_age_ms
+        .store(oldest_age_ms.max(0.0) as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Drains the outbox into the exchange.
@@ -337,6 +360,18 @@ impl Relay {
     /// the database is away.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.relay_poll_interval_ms);
+        // Measured apart from the batches: a relay busy draining a backlog never pauses.
+        let (pool, stats) = (self.pool.clone(), self.stats.clone());
+        let backlog_monitor = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(poll);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = measure_backlog(&pool, &stats).await {
+                    tracing::debug!(message = "Could not measure the outbox backlog.", error = %e);
+                }
+            }
+        });
         let mut listener: Option<PgListener> = None;
         let mut failures = 0u32;
         let mut idle_rounds = 0u32;
@@ -392,13 +427,14 @@ impl Relay {
                 }
             }
         }
+        backlog_monitor.abort();
         self.drop_broker().await;
         tracing::info!(message = "Relay stopped.");
     }
 }
 
-/// The relay's `/metrics`: its counters and whether it holds a broker connection, read at
-/// scrape time.
+/// The relay's `/metrics`: its counters, the outbox backlog as last measured, and whether it
+/// holds a broker connection, read at scrape time.
 pub fn metrics(relay: &Relay) -> platform_metrics::Metrics {
     let (stats, connected) = (relay.stats(), relay.connected_flag());
     let mut metrics = platform_metrics::Metrics::new();
@@ -421,6 +457,18 @@ pub fn metrics(relay: &Relay) -> platform_metrics::Metrics {
             "Batches that found the broker or database away",
             &[],
             load(&stats.unavailable),
+        );
+        s.gauge(
+            "outbox_backlog",
+            "Outbox rows waiting to be published",
+            &[],
+            load(&stats.backlog) as f64,
+        );
+        s.gauge(
+            "outbox_oldest_age_seconds",
+            "How long the oldest unpublished outbox row has waited",
+            &[],
+            load(&stats.oldest_age_ms) as f64 / 1000.0,
         );
         s.counter(
             "relay_broker_connections",

@@ -10,14 +10,7 @@ use tokio::sync::watch;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = platform_telemetry::init("relay");
-    let settings = match platform_config::load::<Settings>() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("relay: {e}");
-            // EX_USAGE: the configuration, not the program, is wrong.
-            std::process::exit(64);
-        }
-    };
+    let settings: Settings = platform_config::load_or_exit("relay");
     if settings.run_migrations {
         domain::prepare_database(&settings.db)
             .await

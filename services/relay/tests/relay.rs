@@ -69,6 +69,14 @@ async fn a_backlog_written_while_the_broker_was_unreachable_is_published_when_it
         ));
     }
     assert_eq!(unpublished(&db).await, 20, "nothing is lost or marked");
+    relay::measure_backlog(&db.pool, &relay.stats())
+        .await
+        .unwrap();
+    let waiting =
+        platform_metrics::scrape::Scrape::parse(&relay::metrics(&relay).render()).unwrap();
+    assert_eq!(waiting.get("outbox_backlog", &[]), 20.0);
+    assert!(waiting.get("outbox_oldest_age_seconds", &[]) > 0.0);
+    assert_eq!(waiting.get("relay_broker_connected", &[]), 0.0);
 
     let mut relay = Relay::new(db.pool.clone(), settings(&db, &t));
     let mut published = 0;
@@ -81,12 +89,20 @@ async fn a_backlog_written_while_the_broker_was_unreachable_is_published_when_it
     assert_eq!(published, 20);
     assert_eq!(unpublished(&db).await, 0);
     assert_eq!(relay.relay_batch().await.unwrap().claimed, 0);
-    let metrics = relay::metrics(&relay).render();
+    relay::measure_backlog(&db.pool, &relay.stats())
+        .await
+        .unwrap();
+    let drained =
+        platform_metrics::scrape::Scrape::parse(&relay::metrics(&relay).render()).unwrap();
     assert!(
-        metrics.contains("relay_events_published_total 20"),
-        "{metrics}"
+        drained.convention_breaks().is_empty(),
+        "{:?}",
+        drained.convention_breaks()
     );
-    assert!(metrics.contains("relay_broker_connected 1"), "{metrics}");
+    assert_eq!(drained.get("relay_events_published_total", &[]), 20.0);
+    assert_eq!(drained.get("relay_broker_connected", &[]), 1.0);
+    assert_eq!(drained.get("outbox_backlog", &[]), 0.0);
+    assert_eq!(drained.get("outbox_oldest_age_seconds", &[]), 0.0);
 
     // Every subscriber got every event once, with the outbox's event id as message_id.
     let event_ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY id")

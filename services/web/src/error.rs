@@ -25,37 +25,7 @@ pub enum PageError {
     Unexpected(#[from] anyhow::Error),
 }
 
-impl std::fmt::Debug for PageError {
-    /// Prints the whole chain of causes, so the request log says why, not just what.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{self}")?;
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            writeln!(f, "Caused by:\n\t{cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-impl From<sqlx::Error> for PageError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(message = "Database unavailable.", error = %e);
-                Self::Unavailable("The database")
-            }
-            other => Self::Unexpected(anyhow::Error::new(other).context("Database query failed")),
-        }
-    }
-}
-
-impl From<platform_session::SessionError> for PageError {
-    fn from(e: platform_session::SessionError) -> Self {
-        tracing::warn!(message = "Session store unavailable.", error = %e);
-        Self::Unavailable("The session store")
-    }
-}
+frontend::front_end_error!(PageError);
 
 impl ResponseError for PageError {
     fn status_code(&self) -> StatusCode {

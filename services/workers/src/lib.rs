@@ -46,6 +46,40 @@ pub const SPAM_CONSUMER: &str = "spam-worker";
 /// The inbox name of the sentiment worker.
 pub const SENTIMENT_CONSUMER: &str = "sentiment-worker";
 
+/// How many messages a handler decided each way, for `/metrics`. A redelivered message that
+/// finds its inbox row is not counted again.
+#[derive(Debug)]
+pub struct Verdicts {
+    counts: Vec<(&'static str, AtomicU64)>,
+}
+
+impl Verdicts {
+    /// Counters for each of `verdicts`, all at zero.
+    pub fn new(verdicts: &[&'static str]) -> Arc<Self> {
+        Arc::new(Self {
+            counts: verdicts.iter().map(|v| (*v, AtomicU64::new(0))).collect(),
+        })
+    }
+
+    fn record(&self, verdict: &str) {
+        if let Some((_, count)) = self.counts.iter().find(|(v, _)| *v == verdict) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Each verdict with its count so far.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.counts
+            .iter()
+            .map(|(v, c)| (*v, c.load(Ordering::Relaxed)))
+    }
+}
+
+/// A handler that reaches a verdict on each message and counts them.
+pub trait Judge: MessageHandler {
+    fn verdicts(&self) -> Arc<Verdicts>;
+}
+
 /// What both workers read; each field is the environment variable of its name in upper case.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -155,6 +189,7 @@ pub struct SpamHandler {
     store: Store,
     model: Arc<SpamModel>,
     threshold: f64,
+    verdicts: Arc<Verdicts>,
 }
 
 impl SpamHandler {
@@ -164,7 +199,14 @@ impl SpamHandler {
             store,
             model,
             threshold,
+            verdicts: Verdicts::new(&["ham", "spam"]),
         }
+    }
+}
+
+impl Judge for SpamHandler {
+    fn verdicts(&self) -> Arc<Verdicts> {
+        self.verdicts.clone()
     }
 }
 
@@ -192,6 +234,9 @@ impl MessageHandler for SpamHandler {
             duplicate = applied == Applied::Duplicate,
             traceparent = event.trace_context.traceparent.as_deref(),
         );
+        if applied == Applied::Done {
+            self.verdicts.record(if is_spam { "spam" } else { "ham" });
+        }
         // A published comment changes its post's visible comments: drop the cached list, after
         // the commit, so a reader who refills it sees the comment. A failure is logged by the
         // store and the list expires with its TTL; it does not undo the verdict.
@@ -208,12 +253,23 @@ impl MessageHandler for SpamHandler {
 pub struct SentimentHandler {
     store: Store,
     sentiment: Arc<Sentiment>,
+    verdicts: Arc<Verdicts>,
 }
 
 impl SentimentHandler {
     /// Writes through `store`'s primary and invalidates its cache.
     pub fn new(store: Store, sentiment: Arc<Sentiment>) -> Self {
-        Self { store, sentiment }
+        Self {
+            store,
+            sentiment,
+            verdicts: Verdicts::new(&["positive", "neutral", "negative"]),
+        }
+    }
+}
+
+impl Judge for SentimentHandler {
+    fn verdicts(&self) -> Arc<Verdicts> {
+        self.verdicts.clone()
     }
 }
 
@@ -242,6 +298,7 @@ impl MessageHandler for SentimentHandler {
         );
         // The badge shows on a published comment's list whichever worker finishes first.
         if applied == Applied::Done {
+            self.verdicts.record(label.as_str());
             self.store
                 .comments_changed(PostId(event.data.post_id))
                 .await;
@@ -277,7 +334,7 @@ pub fn consumer<H: MessageHandler>(
 
 /// Prepares the database, then consumes until SIGTERM or Ctrl-C while serving `/healthz` and
 /// `/readyz`; on the signal it stops consuming, finishes and acks what it holds, and exits.
-pub async fn run_worker<H: MessageHandler>(
+pub async fn run_worker<H: Judge>(
     settings: Settings,
     subscription: &str,
     name: &str,
@@ -305,30 +362,65 @@ pub async fn run_worker<H: MessageHandler>(
     Ok(())
 }
 
-/// A worker's `/metrics`: messages by outcome and the broker connection, read at scrape time.
-pub fn metrics<H: MessageHandler>(name: &str, consumer: &Consumer<H>) -> platform_metrics::Metrics {
-    let (stats, connected, worker) = (consumer.stats(), consumer.connected_flag(), name.to_owned());
+/// A worker's `/metrics`, read at scrape time: messages settled from its queue by outcome
+/// (`messages_dead_lettered_total` counts those sent to the parking queue), the handler's
+/// verdicts, and the broker connection.
+pub fn metrics<H: Judge>(name: &str, consumer: &Consumer<H>) -> platform_metrics::Metrics {
+    let (stats, connected) = (consumer.stats(), consumer.connected_flag());
+    let (worker, queue) = (name.to_owned(), consumer.queues().work.clone());
+    let verdicts = consumer.handler().verdicts();
     let mut metrics = platform_metrics::Metrics::new();
     metrics.register_collector(platform_metrics::collector(move |s| {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        for (outcome, counter) in [
-            ("acked", &stats.acked),
-            ("retried", &stats.retried),
-            ("parked", &stats.parked),
-            ("ack_lost", &stats.ack_lost),
-            ("requeued", &stats.requeued),
-        ] {
+        let labels = [("worker", worker.as_str()), ("queue", queue.as_str())];
+        let outcomes = [
+            (
+                "messages_acked",
+                "Messages handled and acknowledged",
+                load(&stats.acked),
+            ),
+            (
+                "messages_retried",
+                "Messages sent to the retry queue after a failure that may pass",
+                load(&stats.retried),
+            ),
+            (
+                "messages_dead_lettered",
+                "Messages parked: unreadable, or out of attempts",
+                load(&stats.parked),
+            ),
+            (
+                "messages_ack_lost",
+                "Messages handled whose ack was lost with the channel; redelivered, then deduplicated",
+                load(&stats.ack_lost),
+            ),
+            (
+                "messages_requeued",
+                "Messages put back on the queue because their retry or parking copy failed",
+                load(&stats.requeued),
+            ),
+        ];
+        s.counter(
+            "messages_consumed",
+            "Messages taken from the queue and settled",
+            &labels,
+            outcomes.iter().map(|(_, _, n)| n).sum(),
+        );
+        for (name, help, count) in outcomes {
+            s.counter(name, help, &labels, count);
+        }
+        for (verdict, count) in verdicts.counts() {
             s.counter(
-                "worker_messages",
-                "Messages settled, by outcome",
-                &[("worker", &worker), ("outcome", outcome)],
-                load(counter),
+                "classifier_verdicts",
+                "Comments judged, by verdict",
+                &[labels[0], ("verdict", verdict)],
+                count,
             );
         }
         s.counter(
             "worker_broker_connections",
             "Broker connections made",
-            &[("worker", &worker)],
+            &labels[..1],
             load(&stats.connections),
         );
         let up = if connected.load(Ordering::Relaxed) {
@@ -339,23 +431,9 @@ pub fn metrics<H: MessageHandler>(name: &str, consumer: &Consumer<H>) -> platfor
         s.gauge(
             "worker_broker_connected",
             "1 while connected to the broker",
-            &[("worker", &worker)],
+            &labels[..1],
             up,
         );
     }));
     metrics
-}
-
-/// Loads settings of type `T`, exiting with EX_USAGE (64) and the reason when they are wrong.
-pub fn load_settings<T>(program: &str) -> T
-where
-    T: Serialize + serde::de::DeserializeOwned + Default,
-{
-    match platform_config::load::<T>() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::exit(64);
-        }
-    }
 }

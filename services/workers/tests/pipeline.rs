@@ -14,6 +14,7 @@ use platform_messaging::lapin::options::BasicPublishOptions;
 use platform_messaging::test_support::TestTopology;
 use platform_messaging::topology::{SENTIMENT, SPAM};
 use platform_messaging::{ConsumeMode, Consumer, Outcome};
+use platform_metrics::scrape::Scrape;
 use platform_redis::Redis;
 use platform_testing::{TestDatabase, TestRedis, closed_port, eventually};
 use relay::Relay;
@@ -314,6 +315,15 @@ async fn a_poison_message_is_parked_while_the_good_ones_flow() {
     let parked = f.t.drain(&spam.parking).await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].data, b"{\"not\": \"an event\"}");
+
+    // `/metrics` counts the dead letter against its queue, beside the verdicts.
+    let metrics = Scrape::parse(&workers::metrics(SPAM_CONSUMER, &worker).render()).unwrap();
+    let queue = [("worker", SPAM_CONSUMER), ("queue", spam.work.as_str())];
+    assert_eq!(metrics.get("messages_dead_lettered_total", &queue), 1.0);
+    assert_eq!(metrics.get("messages_acked_total", &queue), 10.0);
+    assert_eq!(metrics.get("messages_consumed_total", &queue), 11.0);
+    let verdict = |v| metrics.get("classifier_verdicts_total", &[queue[0], ("verdict", v)]);
+    assert_eq!((verdict("ham"), verdict("spam")), (10.0, 0.0));
 }
 
 fn spawn_spam_worker(f: &Fixture, port: u16) -> Child {
@@ -408,13 +418,20 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     assert_eq!(get("/healthz").await.unwrap().0, 200);
     let (status, metrics) = get("/metrics").await.unwrap();
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains(r#"worker_messages_total{worker="spam-worker",outcome="acked"}"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("worker_broker_connected{worker=\"spam-worker\"} 1"),
-        "{metrics}"
+    let metrics = Scrape::parse(&metrics).unwrap();
+    assert!(metrics.has(
+        "messages_acked_total",
+        &[
+            ("worker", SPAM_CONSUMER),
+            (
+                "queue",
+                f.t.topology.subscriber(SPAM).unwrap().work.as_str()
+            )
+        ]
+    ));
+    assert_eq!(
+        metrics.get("worker_broker_connected", &[("worker", SPAM_CONSUMER)]),
+        1.0
     );
     // SIGTERM: a graceful stop, which must exit cleanly.
     let terminated = Command::new("kill")

@@ -7,5 +7,6 @@ mod comments;
 mod errors;
 mod health;
 mod helpers;
+mod metrics;
 mod posts;
 mod shared_sessions;

@@ -15,7 +15,7 @@
 //! and where it came from, so a typo stops the process instead of being ignored.
 //!
 //! # Layout
-//! - [`load`] / [`load_from`]: the loader.
+//! - [`load`] / [`load_from`]: the loader; [`load_or_exit`] for a `main`.
 //! - [`Secret`]: a string that never prints (database passwords live in URLs).
 //! - [`comma_separated`]: a serde helper for list-valued variables such as
 //!   `DATABASE_REPLICA_URLS`.
@@ -55,6 +55,21 @@ where
 {
     let file = std::env::var_os(CONFIG_FILE_VAR).map(PathBuf::from);
     load_from(file.as_deref(), Env::raw())
+}
+
+/// [`load`] for a process's `main`: on a bad setting, prints `program: reason` and exits with
+/// `EX_USAGE` (64), since the configuration, not the program, is wrong.
+pub fn load_or_exit<T>(program: &str) -> T
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    match load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(64);
+        }
+    }
 }
 
 /// Loads `T` from its defaults, an optional file and the given environment provider.

@@ -211,8 +211,12 @@ impl Database {
         for replica in &self.replicas {
             let replayed = tokio::time::timeout(
                 timeout,
-                sqlx::query_scalar::<_, Option<String>>("SELECT pg_last_wal_replay_lsn()::text")
-                    .fetch_one(&replica.pool),
+                // A primary that went through crash recovery still reports the position it
+                // replayed then, so recovery itself is the test of being a replica.
+                sqlx::query_scalar::<_, Option<String>>(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END",
+                )
+                .fetch_one(&replica.pool),
             )
             .await;
             match replayed {
@@ -231,7 +235,7 @@ impl Database {
                     }
                     Err(e) => self.mark_down(replica, &e),
                 },
-                // NULL: the server is not in recovery, so it is no replica at all.
+                // NULL: the server is not in recovery, so it is no replica at all (a primary).
                 Ok(Ok(None)) => self.mark_down(replica, "not a streaming replica"),
                 Ok(Err(e)) => self.mark_down(replica, &e.to_string()),
                 Err(_) => self.mark_down(replica, "no answer within the check interval"),

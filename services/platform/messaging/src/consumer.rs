@@ -213,7 +213,12 @@ impl<H: MessageHandler> Consumer<H> {
         self.stats.clone()
     }
 
-    /// The handler, for tests that inspect what it saw.
+    /// The queues this consumer works on (its work queue, retry queue and parking queue).
+    pub fn queues(&self) -> &QueueSet {
+        &self.queues
+    }
+
+    /// The handler: tests inspect what it saw, `/metrics` reads what it counts.
     pub fn handler(&self) -> &H {
         &self.handler
     }

@@ -11,8 +11,10 @@
 //! - [`collector`] and [`Snapshot`]: scrape-time metrics from a closure.
 //! - [`configure`]: mounts `GET /metrics`.
 //! - [`platform`]: collectors for the platform's cache and database.
+//! - [`scrape`]: the text format read back, for tests and tools.
 
 pub mod platform;
+pub mod scrape;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,5 +6,6 @@ mod caching;
 mod comments;
 mod health;
 mod helpers;
+mod metrics;
 mod posts;
 mod security;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use workers::sentiment::Sentiment;
-use workers::{SENTIMENT_CONSUMER, SentimentHandler, SentimentSettings, load_settings, run_worker};
+use workers::{SENTIMENT_CONSUMER, SentimentHandler, SentimentSettings, run_worker};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = platform_telemetry::init("sentiment-worker");
-    let settings: SentimentSettings = load_settings("sentiment-worker");
+    let settings: SentimentSettings = platform_config::load_or_exit("sentiment-worker");
     let sentiment = Arc::new(Sentiment::default());
     run_worker(
         settings.common,

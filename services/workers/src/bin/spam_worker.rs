@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use workers::classifier::SpamModel;
-use workers::{SPAM_CONSUMER, SpamHandler, SpamSettings, load_settings, run_worker};
+use workers::{SPAM_CONSUMER, SpamHandler, SpamSettings, run_worker};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = platform_telemetry::init("spam-worker");
-    let settings: SpamSettings = load_settings("spam-worker");
+    let settings: SpamSettings = platform_config::load_or_exit("spam-worker");
     let model = Arc::new(SpamModel::embedded());
     let threshold = settings.spam_threshold;
     run_worker(
