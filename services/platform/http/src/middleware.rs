@@ -60,23 +60,33 @@ pub async fn request_span(
     platform_telemetry::propagation::set_remote_parent(&span, |name| {
         req.headers().get(name).and_then(|v| v.to_str().ok())
     });
-    if let Some((trace_id, span_id)) = platform_telemetry::propagation::ids(&span) {
-        span.record("trace_id", trace_id);
-        span.record("span_id", span_id);
-    }
+    let traced = match platform_telemetry::propagation::ids(&span) {
+        Some((trace_id, span_id)) => {
+            span.record("trace_id", trace_id);
+            span.record("span_id", span_id);
+            true
+        }
+        None => false,
+    };
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
-    span.record("http.response.status_code", status);
-    if let Some(route) = res.request().match_pattern() {
-        let name = format!("{} {route}", res.request().method());
-        platform_telemetry::propagation::rename(&span, name);
-        span.record("http.route", route);
+    let route = res.request().match_pattern();
+    // Recording into a span re-renders its fields for the log; with no trace to carry them,
+    // the completion line below says the same for less.
+    if traced {
+        span.record("http.response.status_code", status);
+        if let Some(route) = &route {
+            let name = format!("{} {route}", res.request().method());
+            platform_telemetry::propagation::rename(&span, name);
+            span.record("http.route", route.as_str());
+        }
     }
     span.in_scope(|| {
         tracing::info!(
             message = "Request completed.",
             status,
+            route = route.as_deref().unwrap_or("unmatched"),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0
         );
     });
