@@ -9,11 +9,13 @@
 //! - [`types`]: validated values (`Username`, `Password`, `PostTitle`, ...).
 //! - [`auth`]: argon2id password hashing with a bound on concurrent hashes.
 //! - [`users`], [`posts`], [`comments`]: queries.
+//! - [`outbox`]: waking the relay after commits that wrote events.
 //! - [`store`]: the same reads and writes through the cache and the replicas.
 //! - [`MIGRATOR`]: the schema, embedded from `migrations/`.
 
 pub mod auth;
 pub mod comments;
+pub mod outbox;
 pub mod posts;
 pub mod store;
 pub mod types;

@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::comments::{self, Comment, CommentId, SubmitCommentError, TraceContext};
+use crate::outbox::OutboxWaker;
 use crate::posts::{self, Page, Post, UpdatePostError};
 use crate::{CommentBody, PostBody, PostId, PostTitle, UserId};
 
@@ -47,6 +48,7 @@ pub struct Store {
     comment_list: Kind,
     profiles: ReadThrough<UserId, Profile, sqlx::Error>,
     views: WriteBehindCounter,
+    outbox: OutboxWaker,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,8 +61,8 @@ impl std::fmt::Debug for Store {
 /// the writer reads from the primary (and around the cache) until their next write.
 const UNKNOWN_POSITION: Lsn = Lsn(u64::MAX);
 
-/// The data tier's background work: the replica monitor and the view-count flusher. Dropping
-/// it stops them.
+/// The data tier's background work: the replica monitor, the view-count flusher and the
+/// relay's waker. Dropping it stops them.
 pub struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for BackgroundTasks {
@@ -79,11 +81,14 @@ impl Store {
         Ok(Self::new(database, Cache::new(redis, cache), cache))
     }
 
-    /// Starts the replica monitor and the write-behind flusher (every `CACHE_FLUSH_INTERVAL_MS`).
+    /// Starts the replica monitor, the write-behind flusher (every `CACHE_FLUSH_INTERVAL_MS`)
+    /// and the sender of the relay's wake-ups. Without them, reads stay on the primary, views
+    /// stay in Redis and the relay finds new comments only when it polls.
     pub fn spawn_background(&self, settings: &CacheSettings) -> BackgroundTasks {
         BackgroundTasks(vec![
             self.db.spawn_monitor(),
             self.spawn_view_flusher(Duration::from_millis(settings.cache_flush_interval_ms)),
+            self.outbox.spawn(self.db.primary().clone()),
         ])
     }
 
@@ -100,6 +105,7 @@ impl Store {
             post_list: cache.kind("post_list", secs(settings.cache_ttl_post_list_secs)),
             comment_list: cache.kind("comment_list", secs(settings.cache_ttl_comments_secs)),
             views: WriteBehindCounter::new(cache.redis().clone(), "post_views"),
+            outbox: OutboxWaker::new(),
             profiles,
             cache,
             db,
@@ -232,7 +238,8 @@ impl Store {
         Ok((post, self.position_after_write().await))
     }
 
-    /// Accepts a comment as pending, with its outbox event (see `comments::submit_traced`).
+    /// Accepts a comment as pending, with its outbox event (see `comments::submit_traced`),
+    /// and wakes the relay.
     pub async fn submit_comment(
         &self,
         post: PostId,
@@ -241,6 +248,7 @@ impl Store {
         trace: &TraceContext,
     ) -> Result<(CommentId, Lsn), SubmitCommentError> {
         let id = comments::submit_traced(self.db.primary(), post, author, body, trace).await?;
+        self.outbox.wake();
         Ok((id, self.position_after_write().await))
     }
 

@@ -144,3 +144,30 @@ async fn spam_is_rejected_and_stays_hidden() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_wake_ups_sends_one_notification() {
+    use domain::outbox::{CHANNEL, OutboxWaker};
+    use std::time::Duration;
+
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(CHANNEL).await.unwrap();
+    let waker = OutboxWaker::new();
+    let _sender = waker.spawn(db.pool.clone());
+    // A thousand commits' wake-ups before the sender runs (this runtime has one thread).
+    for _ in 0..1000 {
+        waker.wake();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(first, Ok(Ok(_))), "the relay is woken");
+    let more = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(more.is_err(), "the burst folded into one notification");
+
+    // A later commit wakes it again.
+    waker.wake();
+    let again = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(again, Ok(Ok(_))));
+}

@@ -354,8 +354,9 @@ impl Relay {
     /// Relays until `shutdown` turns true; the batch in progress then finishes (it is bounded by
     /// the confirm timeout) before the relay closes its connection.
     ///
-    /// It sleeps on `LISTEN outbox` between batches (every commit that writes an event
-    /// notifies), polls every `RELAY_POLL_INTERVAL_MS` in case a notification was missed, and
+    /// It sleeps on `LISTEN outbox` between batches (writers notify after committing events;
+    /// see `domain::outbox`), polls every `RELAY_POLL_INTERVAL_MS` in case a notification was
+    /// missed, and
     /// backs off from `AMQP_RECONNECT_MIN_MS` to `AMQP_RECONNECT_MAX_MS` while the broker or
     /// the database is away.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -493,7 +494,7 @@ pub fn metrics(relay: &Relay) -> platform_metrics::Metrics {
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen("outbox").await.ok()?;
+    listener.listen(domain::outbox::CHANNEL).await.ok()?;
     Some(listener)
 }
 

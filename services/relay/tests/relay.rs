@@ -133,7 +133,8 @@ async fn the_relay_wakes_on_a_notification_rather_than_polling() {
     let db = TestDatabase::create(&domain::MIGRATOR).await;
     let t = TestTopology::create().await;
     let mut s = settings(&db, &t);
-    // A poll interval far beyond the test's deadline: only NOTIFY can wake it in time.
+    // A poll interval far beyond the test's deadline: only the writer's wake-up can wake it
+    // in time.
     s.relay_poll_interval_ms = 600_000;
     let relay = Relay::new(db.pool.clone(), s);
     let ready = relay.connected_flag();
@@ -149,6 +150,9 @@ async fn the_relay_wakes_on_a_notification_rather_than_polling() {
     // Let the relay reach its wait before the comment is written.
     tokio::time::sleep(Duration::from_millis(300)).await;
     submit_comments(&db, 3).await;
+    let waker = domain::outbox::OutboxWaker::new();
+    let _sender = waker.spawn(db.pool.clone());
+    waker.wake();
     assert!(
         eventually(Duration::from_secs(10), || async {
             unpublished(&db).await == 0

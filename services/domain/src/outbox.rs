@@ -1,0 +1,61 @@
+//! Waking the outbox relay after commits that wrote events.
+//!
+//! The relay sleeps on `LISTEN outbox`. A `NOTIFY` inside the writing transaction would be the
+//! simplest wake-up, but Postgres serialises the commits of notifying transactions (a global
+//! lock held through the WAL flush, so commits stop sharing flushes): on the development
+//! machine, 16 clients inserting rows managed about 5,000 commits/s plain and about 1,600 with
+//! an in-transaction `NOTIFY` (pgbench). So the writer commits first and then asks the
+//! [`OutboxWaker`], which sends `NOTIFY outbox` in a transaction of its own with at most one in
+//! flight per process: a burst of commits costs one or two notifications, not one each.
+//!
+//! Nothing depends on a notification arriving: a wake-up lost with a crashed process only
+//! delays the event until the relay's next poll (`RELAY_POLL_INTERVAL_MS`).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// The channel the relay listens on.
+pub const CHANNEL: &str = "outbox";
+
+/// Coalesces wake-ups into `NOTIFY outbox`. Cheap to clone; clones share one sender task.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWaker {
+    pending: Arc<Notify>,
+}
+
+impl OutboxWaker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for a notification after a commit that wrote events. Never waits: calls made
+    /// while one is being sent fold into the next.
+    pub fn wake(&self) {
+        // `notify_one` leaves a single permit when the sender is busy, which is the coalescing.
+        self.pending.notify_one();
+    }
+
+    /// Sends the notifications over `pool` until the returned task is aborted.
+    pub fn spawn(&self, pool: PgPool) -> tokio::task::JoinHandle<()> {
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            loop {
+                pending.notified().await;
+                if let Err(e) = notify(&pool).await {
+                    tracing::debug!(message = "Could not wake the relay; it will poll.", error = %e);
+                }
+            }
+        })
+    }
+}
+
+/// Sends one `NOTIFY outbox` now.
+pub async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(pool)
+        .await
+        .map(drop)
+}
