@@ -7,6 +7,7 @@
 //! the connection goes back to the pool once that body has ended; one abandoned half-way is
 //! dropped, because its framing state is unknown.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -80,7 +81,8 @@ pub struct ConnPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout_ms: u64,
-    idle: Mutex<Vec<Idle>>,
+    /// Most recently used at the back; the front holds the oldest.
+    idle: Mutex<VecDeque<Idle>>,
 }
 
 #[derive(Debug)]
@@ -96,7 +98,7 @@ impl ConnPool {
             addr,
             connect_timeout,
             idle_timeout_ms: idle_timeout.as_millis() as u64,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -122,10 +124,12 @@ impl ConnPool {
     /// The most recently used idle connection that is still open.
     fn take_idle(self: &Arc<Self>) -> Option<Conn> {
         loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if now_ms().saturating_sub(idle.since_ms) > self.idle_timeout_ms
-                || !idle.connection.is_usable()
-            {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back()?;
+            if !self.is_fresh(&idle) {
                 continue;
             }
             return Some(Conn {
@@ -150,14 +154,28 @@ impl ConnPool {
         })
     }
 
+    fn is_fresh(&self, idle: &Idle) -> bool {
+        now_ms().saturating_sub(idle.since_ms) <= self.idle_timeout_ms
+            && idle.connection.is_usable()
+    }
+
     fn release(&self, connection: Box<Connection>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Idle connections are not read, so one the backend closed would wait at the front
+        // until it is taken; each release closes the oldest if it expired or was closed.
+        let stale = idle
+            .front()
+            .is_some_and(|oldest| !self.is_fresh(oldest))
+            .then(|| idle.pop_front());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
+            idle.push_back(Idle {
                 connection,
                 since_ms: now_ms(),
             });
         }
+        // Closed outside the lock.
+        drop(idle);
+        drop(stale);
     }
 }
 
