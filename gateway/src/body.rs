@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::pool::Conn;
+use crate::pool::BackendBody;
 use crate::upstream::InFlight;
 
 /// Why a request body could not be forwarded.
@@ -132,12 +132,10 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// A backend's body, streamed, holding the backend's in-flight slot until it ends.
     Upstream {
-        /// The backend's body.
-        body: Incoming,
+        /// The backend's body; it returns its connection to the pool once read to the end.
+        body: BackendBody,
         /// Released when the body is dropped, that is once it is sent or the client is gone.
         guard: InFlight,
-        /// The backend connection, returned to its pool as soon as the body has ended.
-        conn: Option<Conn>,
     },
 }
 
@@ -152,46 +150,23 @@ impl ResponseBody {
         Self::Full(None)
     }
 
-    /// Streams a backend body; an already finished one (HEAD, 204, 304, empty) frees its
-    /// connection at once.
-    pub fn upstream(body: Incoming, guard: InFlight, conn: Conn) -> Self {
-        let conn = if body.is_end_stream() {
-            conn.release();
-            None
-        } else {
-            Some(conn)
-        };
-        Self::Upstream { body, guard, conn }
+    /// Streams a backend body.
+    pub fn upstream(body: BackendBody, guard: InFlight) -> Self {
+        Self::Upstream { body, guard }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream { body, conn, .. } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
-                let ended = match &polled {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken body leaves the connection in an unknown state.
-                        conn.take();
-                        false
-                    }
-                    Poll::Pending => false,
-                };
-                if ended && let Some(conn) = conn.take() {
-                    conn.release();
-                }
-                polled
-            }
+            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
         }
     }
 

@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::header::{HOST, HeaderValue, USER_AGENT};
-use hyper::{Request, Uri};
+use hyper::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Uri};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::body::UpstreamBody;
 use crate::config::HealthConfig;
+use crate::h1::RequestHead;
 use crate::upstream::{Backend, Upstream};
 
 /// Starts the health task of an upstream; it ends on shutdown or when a reload retires the
@@ -75,19 +77,23 @@ async fn check(backend: &Backend, health: &HealthConfig) -> bool {
     let Ok(uri) = Uri::try_from(health.path.as_str()) else {
         return false;
     };
-    let mut req = Request::new(UpstreamBody::Empty);
-    *req.uri_mut() = uri;
-    req.headers_mut().insert(HOST, backend.host.clone());
-    req.headers_mut().insert(
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(HOST, backend.host.clone());
+    headers.insert(
         USER_AGENT,
         HeaderValue::from_static("scaleout-gateway-health"),
     );
+    let head = RequestHead {
+        method: &Method::GET,
+        target: uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        headers: &headers,
+        host: None,
+    };
     let exchange = async {
-        let (response, conn) = backend.pool.send(req).await.ok()?;
+        let response = backend.pool.send(&head, UpstreamBody::Empty).await.ok()?;
         let ok = response.status().is_success() || response.status().is_redirection();
         // Read the body to its end so the connection can go back to the pool.
         response.into_body().collect().await.ok()?;
-        conn.release();
         Some(ok)
     };
     tokio::time::timeout(Duration::from_millis(health.timeout_ms), exchange)

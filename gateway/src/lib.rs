@@ -11,7 +11,7 @@
 //! - [`health`]: active health checks and passive re-admission.
 //! - [`conn`]: client connections and their idle timeout.
 //! - [`proxy`]: the L7 path; [`body`] holds its request and response body types, [`pool`] the
-//!   keep-alive connections to each backend.
+//!   keep-alive connections to each backend, and [`h1`] the HTTP/1.1 codec spoken on them.
 //! - [`tcp`]: the L4 path.
 //! - [`limits`]: rate limit and retry budget.
 //! - [`admin`] and [`metrics`]: the admin API and the Prometheus text.
@@ -27,6 +27,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -1,44 +1,78 @@
-//! Keep-alive HTTP/1.1 connections to one backend.
+//! Keep-alive HTTP/1.1 connections to one backend, driven by the request that uses them.
 //!
 //! Each backend owns its pool, so the only lock is per backend and is held for a push or a
-//! pop. A connection goes back to the pool when its response body has been read to the end;
-//! one abandoned half-way is dropped, because its framing state is unknown.
-//!
-//! Owning the pool (rather than a generic client) gives the proxy what a retry needs: a
-//! failed connect, or a pooled connection found dead before anything was written, returns
-//! the request untouched.
+//! pop. A request takes a connection, writes its head and body, and reads the response in its
+//! own task: no connection task, no channel between the two, no wake-up to hand a response
+//! over. The response body reads from the same socket as the client's connection polls it, and
+//! the connection goes back to the pool once that body has ended; one abandoned half-way is
+//! dropped, because its framing state is unknown.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Method, Response};
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::body::UpstreamBody;
+use crate::body::{BodyError, UpstreamBody};
+use crate::h1::{self, Chunked, Decoded, Framing, RequestHead};
 use crate::upstream::now_ms;
 
 /// Idle connections kept per backend; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 
+/// A body at most this large is written in the same system call as its head.
+const INLINE_BODY_BYTES: usize = 16 * 1024;
+
+/// A read is attempted only with at least this much free buffer space.
+const MIN_READ_SPACE: usize = 2048;
+
+/// What a read buffer grows by.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Why a request did not get a response head.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened; the request comes back untouched.
-    Connect(Request<UpstreamBody>),
-    /// The connection failed before the request was written; it comes back untouched.
-    NotSent(Request<UpstreamBody>, hyper::Error),
+    /// No connection could be opened; nothing was sent.
+    Connect(io::Error),
+    /// The client's request body failed (too large, or broken off): not the backend's fault.
+    Body(BodyError),
     /// The exchange failed after the request was (maybe partly) written.
-    Failed(hyper::Error),
+    Failed(io::Error),
 }
 
+/// One open connection with its buffers, boxed so checking it out and in moves a pointer.
 #[derive(Debug)]
-struct Idle {
-    sender: SendRequest<UpstreamBody>,
-    since_ms: u64,
+struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Whether an idle connection can carry a request: the backend has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket was flagged readable.
+    fn is_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more bytes into the read buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
+            self.read_buf.reserve(READ_BUFFER_BYTES);
+        }
+        pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
+    }
 }
 
 /// The idle connections of one backend.
@@ -47,7 +81,14 @@ pub struct ConnPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout_ms: u64,
-    idle: Mutex<Vec<Idle>>,
+    /// Most recently used at the back; the front holds the oldest.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    connection: Box<Connection>,
+    since_ms: u64,
 }
 
 impl ConnPool {
@@ -57,122 +98,559 @@ impl ConnPool {
             addr,
             connect_timeout,
             idle_timeout_ms: idle_timeout.as_millis() as u64,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Sends a request on a pooled connection, or a new one. A pooled connection that turns out
-    /// to be closed is replaced by a new one without counting as a failure.
+    /// Sends a request on a pooled connection, or a new one, and reads the response head. A
+    /// pooled connection found closed is dropped without counting as a failure.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
-        let req = match self.take_idle().await {
-            Some(conn) => match conn.send(req).await {
-                Err(SendError::NotSent(req, _)) => req,
-                done => return done,
-            },
-            None => req,
-        };
-        // Boxed: the handshake's state is large and needed only for a new connection, and
-        // keeping it out of line keeps every request's future small (it is moved around).
-        Box::pin(self.connect_and_send(req)).await
-    }
-
-    async fn connect_and_send(
-        self: &Arc<Self>,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
-        match self.connect().await {
-            Ok(conn) => conn.send(req).await,
-            Err(error) => {
+        head: &RequestHead<'_>,
+        body: UpstreamBody,
+    ) -> Result<Response<BackendBody>, SendError> {
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            // Boxed: the connect future is needed only for a new connection, and keeping it
+            // out of line keeps every request's future small.
+            None => Box::pin(self.connect()).await.map_err(|error| {
                 tracing::debug!(message = "Connect failed.", backend = %self.addr, %error);
-                Err(SendError::Connect(req))
-            }
-        }
+                SendError::Connect(error)
+            })?,
+        };
+        conn.exchange(head, body).await
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn take_idle(self: &Arc<Self>) -> Option<Conn> {
+    /// The most recently used idle connection that is still open.
+    fn take_idle(self: &Arc<Self>) -> Option<Conn> {
         loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if idle.sender.is_closed()
-                || now_ms().saturating_sub(idle.since_ms) > self.idle_timeout_ms
-            {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back()?;
+            if !self.is_fresh(&idle) {
                 continue;
             }
-            let mut sender = idle.sender;
-            // Usually ready at once; it waits only if the previous response's end is still
-            // being processed by the connection task.
-            if sender.ready().await.is_ok() {
-                return Some(Conn {
-                    sender,
-                    pool: Arc::clone(self),
-                });
-            }
+            return Some(Conn {
+                connection: idle.connection,
+                pool: Arc::clone(self),
+            });
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> std::io::Result<Conn> {
+    async fn connect(self: &Arc<Self>) -> io::Result<Conn> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(message = "Backend connection ended with an error.", %error);
-            }
-        });
         Ok(Conn {
-            sender,
+            connection: Box::new(Connection {
+                stream,
+                read_buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+                write_buf: Vec::with_capacity(1024),
+            }),
             pool: Arc::clone(self),
         })
     }
 
-    fn release(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn is_fresh(&self, idle: &Idle) -> bool {
+        now_ms().saturating_sub(idle.since_ms) <= self.idle_timeout_ms
+            && idle.connection.is_usable()
+    }
+
+    fn release(&self, connection: Box<Connection>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Idle connections are not read, so one the backend closed would wait at the front
+        // until it is taken; each release closes the oldest if it expired or was closed.
+        let stale = idle
+            .front()
+            .is_some_and(|oldest| !self.is_fresh(oldest))
+            .then(|| idle.pop_front());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
+            idle.push_back(Idle {
+                connection,
                 since_ms: now_ms(),
             });
         }
+        // Closed outside the lock.
+        drop(idle);
+        drop(stale);
     }
 }
 
-/// A connection checked out of a pool. Dropping it closes the connection once its current
-/// exchange ends; [`Conn::release`] returns it for reuse.
+/// A connection checked out of a pool. Dropping it closes it.
 #[derive(Debug)]
-pub struct Conn {
-    sender: SendRequest<UpstreamBody>,
+struct Conn {
+    connection: Box<Connection>,
     pool: Arc<ConnPool>,
 }
 
 impl Conn {
-    async fn send(
+    /// Writes the request and reads the response head; a request body that does not fit in
+    /// the first write keeps streaming while the response is read, as a backend may answer
+    /// before it has read the whole request.
+    async fn exchange(
         mut self,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
-        match self.sender.try_send_request(req).await {
-            Ok(response) => Ok((response, self)),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req, e.into_error())),
-                None => Err(SendError::Failed(e.into_error())),
+        head: &RequestHead<'_>,
+        body: UpstreamBody,
+    ) -> Result<Response<BackendBody>, SendError> {
+        let io = &mut *self.connection;
+        let chunked = matches!(body, UpstreamBody::Stream { .. })
+            && !head.headers.contains_key(CONTENT_LENGTH);
+        io.write_buf.clear();
+        h1::encode_request_head(&mut io.write_buf, head, chunked);
+        let mut upload = match body {
+            UpstreamBody::Empty | UpstreamBody::Full(None) => None,
+            UpstreamBody::Full(Some(data)) if data.len() <= INLINE_BODY_BYTES => {
+                io.write_buf.extend_from_slice(&data);
+                None
+            }
+            body => Some(Upload::new(body, chunked)),
+        };
+        io.stream
+            .write_all(&io.write_buf)
+            .await
+            .map_err(SendError::Failed)?;
+
+        let head_request = *head.method == Method::HEAD;
+        let mut upload_failed = false;
+        let response = poll_fn(|cx| {
+            loop {
+                if !io.read_buf.is_empty()
+                    && let Some(response) = h1::parse_response_head(&mut io.read_buf, head_request)
+                        .map_err(SendError::Failed)?
+                {
+                    return Poll::Ready(Ok(response));
+                }
+                if let Some(up) = upload.as_mut() {
+                    match up.poll_send(&mut io.stream, cx) {
+                        Poll::Ready(Ok(())) => upload = None,
+                        Poll::Ready(Err(UploadError::Body(e))) => {
+                            return Poll::Ready(Err(SendError::Body(e)));
+                        }
+                        // The backend may have stopped reading to answer early: read on.
+                        Poll::Ready(Err(UploadError::Io(error))) => {
+                            tracing::debug!(message = "Writing the request body failed.", %error);
+                            upload = None;
+                            upload_failed = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if ready!(io.poll_fill(cx)).map_err(SendError::Failed)? == 0 {
+                    return Poll::Ready(Err(SendError::Failed(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection before answering",
+                    ))));
+                }
+            }
+        })
+        .await?;
+
+        let reusable = response.keep_alive && !upload_failed;
+        let state = match h1::take_whole_body(&mut io.read_buf, response.framing) {
+            Some(data) => BodyState::Whole(Some(data)),
+            None => match response.framing {
+                Framing::Length(0) => BodyState::Done,
+                Framing::Length(n) => BodyState::Length(n),
+                Framing::Chunked => BodyState::Chunked(Chunked::Size),
+                Framing::UntilClose => BodyState::UntilClose,
             },
+        };
+        let mut body = BackendBody {
+            state,
+            conn: Some(self),
+            upload,
+            reusable,
+        };
+        if body.state.read_all() {
+            body.finish();
+        }
+        let mut built = Response::new(body);
+        *built.status_mut() = response.status;
+        *built.version_mut() = response.version;
+        *built.headers_mut() = response.headers;
+        if let Some(reason) = response.reason {
+            built.extensions_mut().insert(reason);
+        }
+        Ok(built)
+    }
+
+    fn release(self) {
+        self.pool.release(self.connection);
+    }
+}
+
+#[derive(Debug)]
+enum UploadError {
+    Body(BodyError),
+    Io(io::Error),
+}
+
+/// A request body being written to the backend.
+#[derive(Debug)]
+struct Upload {
+    body: UpstreamBody,
+    chunked: bool,
+    /// Chunk framing waiting to be written before `data`.
+    framing: Vec<u8>,
+    /// Body bytes waiting to be written.
+    data: Bytes,
+    sent_a_chunk: bool,
+    ended: bool,
+}
+
+impl Upload {
+    fn new(body: UpstreamBody, chunked: bool) -> Self {
+        Self {
+            body,
+            chunked,
+            framing: Vec::new(),
+            data: Bytes::new(),
+            sent_a_chunk: false,
+            ended: false,
         }
     }
 
-    /// Returns the connection to its pool; call it only once the response body has ended.
-    pub fn release(self) {
-        self.pool.release(self.sender);
+    /// Moves the body on; ready once it has been written to its end.
+    fn poll_send(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UploadError>> {
+        loop {
+            if !self.framing.is_empty() || !self.data.is_empty() {
+                let bufs = [IoSlice::new(&self.framing), IoSlice::new(&self.data)];
+                let n = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &bufs))
+                    .map_err(UploadError::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(UploadError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                let from_framing = n.min(self.framing.len());
+                self.framing.drain(..from_framing);
+                self.data.advance(n - from_framing);
+                continue;
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Request trailers are not forwarded.
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if self.chunked {
+                            if self.sent_a_chunk {
+                                self.framing.extend_from_slice(b"\r\n");
+                            }
+                            h1::encode_chunk_size(&mut self.framing, data.len());
+                            self.sent_a_chunk = true;
+                        }
+                        self.data = data;
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(UploadError::Body(e))),
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        if self.sent_a_chunk {
+                            self.framing.extend_from_slice(b"\r\n");
+                        }
+                        self.framing.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum BodyState {
+    /// The whole body arrived with the head.
+    Whole(Option<Bytes>),
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+impl BodyState {
+    /// Whether everything has been read from the connection.
+    fn read_all(&self) -> bool {
+        matches!(
+            self,
+            BodyState::Whole(_) | BodyState::Done | BodyState::Chunked(Chunked::Done)
+        )
+    }
+}
+
+/// A backend's response body, read from the connection as the client takes it. The connection
+/// goes back to the pool as soon as the body has been read to its end.
+#[derive(Debug)]
+pub struct BackendBody {
+    state: BodyState,
+    conn: Option<Conn>,
+    upload: Option<Upload>,
+    reusable: bool,
+}
+
+impl BackendBody {
+    /// Returns the connection to its pool if it is in a known state, or closes it.
+    fn finish(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.reusable && self.upload.is_none() && conn.connection.read_buf.is_empty() {
+            conn.release();
+        }
+        self.upload = None;
+    }
+
+    fn fail(&mut self) {
+        self.conn = None;
+        self.upload = None;
+        self.state = BodyState::Done;
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Frame<Bytes>>>> {
+        match &mut self.state {
+            BodyState::Whole(data) => return Poll::Ready(Ok(data.take().map(Frame::data))),
+            BodyState::Done | BodyState::Chunked(Chunked::Done) => return Poll::Ready(Ok(None)),
+            _ => {}
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let io = &mut *conn.connection;
+        loop {
+            match &mut self.state {
+                BodyState::Whole(_) | BodyState::Done => return Poll::Ready(Ok(None)),
+                BodyState::Length(left) => {
+                    if !io.read_buf.is_empty() {
+                        let n = (*left).min(io.read_buf.len() as u64);
+                        *left -= n;
+                        let data = io.read_buf.split_to(n as usize).freeze();
+                        if *left == 0 {
+                            self.state = BodyState::Done;
+                        }
+                        return Poll::Ready(Ok(Some(Frame::data(data))));
+                    }
+                }
+                BodyState::Chunked(chunked) => match chunked.decode(&mut io.read_buf)? {
+                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                    Decoded::Trailers(trailers) => {
+                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                    }
+                    Decoded::End => {
+                        self.state = BodyState::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                    Decoded::NeedMore => {}
+                },
+                BodyState::UntilClose => {
+                    if !io.read_buf.is_empty() {
+                        let data = io.read_buf.split().freeze();
+                        return Poll::Ready(Ok(Some(Frame::data(data))));
+                    }
+                }
+            }
+            if ready!(io.poll_fill(cx))? == 0 {
+                if matches!(self.state, BodyState::UntilClose) {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection in the middle of a response body",
+                )));
+            }
+        }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let (Some(upload), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
+            match upload.poll_send(&mut conn.connection.stream, cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(UploadError::Body(e))) => {
+                    this.fail();
+                    return Poll::Ready(Some(Err(io::Error::other(e))));
+                }
+                Poll::Ready(Err(UploadError::Io(error))) => {
+                    tracing::debug!(message = "Writing the request body failed.", %error);
+                    this.upload = None;
+                    this.reusable = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        match this.poll_read(cx) {
+            Poll::Ready(Ok(frame)) => {
+                if this.state.read_all() {
+                    this.finish();
+                }
+                Poll::Ready(frame.map(Ok))
+            }
+            Poll::Ready(Err(e)) => {
+                this.fail();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.state,
+            BodyState::Done | BodyState::Whole(None) | BodyState::Chunked(Chunked::Done)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyState::Length(left) => SizeHint::with_exact(*left),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::{HeaderMap, StatusCode};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend that answers each request head with the next scripted response, closing the
+    /// connection after each one when `close` is set. Returns its address and accept count.
+    async fn scripted(
+        responses: &'static [&'static [u8]],
+        close: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut next = responses.iter();
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                let mut seen = Vec::new();
+                loop {
+                    let mut buf = [0u8; 4096];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    seen.clear();
+                    let Some(response) = next.next() else { return };
+                    stream.write_all(response).await.unwrap();
+                    if close {
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &Arc<ConnPool>) -> (StatusCode, Vec<u8>, Option<HeaderMap>) {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            target: "/",
+            headers: &headers,
+            host: None,
+        };
+        let response = pool.send(&head, UpstreamBody::Empty).await.unwrap();
+        let status = response.status();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (status, collected.to_bytes().to_vec(), trailers)
+    }
+
+    fn pool(addr: SocketAddr) -> Arc<ConnPool> {
+        Arc::new(ConnPool::new(
+            addr,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_with_trailers_streams_and_its_connection_is_reused() {
+        let (addr, accepted) = scripted(
+            &[
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+                b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nhi",
+            ],
+            false,
+        )
+        .await;
+        let pool = pool(addr);
+        let (status, body, trailers) = get(&pool).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"abcde"[..]));
+        assert_eq!(trailers.unwrap()["x-sum"], "5");
+        let (status, body, _) = get(&pool).await;
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"hi"[..]));
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_backend_closed_is_replaced_unnoticed() {
+        let (addr, accepted) = scripted(
+            &[
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+            ],
+            true,
+        )
+        .await;
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await.1, b"a");
+        // Lets the reactor see the backend's FIN on the idle connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(get(&pool).await.1, b"b");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_ends_when_the_backend_closes() {
+        let (addr, accepted) = scripted(
+            &[
+                b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            true,
+        )
+        .await;
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await.1, b"until close");
+        assert_eq!(get(&pool).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 }

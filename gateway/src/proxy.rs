@@ -1,8 +1,9 @@
 //! The L7 path: limits, routing, backend choice (affinity, hash, policy), header rewriting,
 //! one retry, and streaming the answer back.
 //!
-//! The request is read once per phase and never copied except for the one case that needs it:
-//! an idempotent request keeps a spare head so it can be sent again after a connect failure.
+//! The request is read once per phase and never copied: its head is written to the backend
+//! straight from the parsed client request, so a retry writes the same head again, and only a
+//! buffered body is kept (as shared bytes) for that second attempt.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -14,9 +15,8 @@ use hyper::header::{
     CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery};
-use hyper::{Method, Request, Response, Uri};
+use hyper::{Method, Request, Response};
 
 use platform_telemetry::propagation;
 use tracing::Instrument as _;
@@ -25,7 +25,8 @@ use crate::balance::hash_bytes;
 use crate::body::{BodyError, ResponseBody, UpstreamBody};
 use crate::config::HashKey;
 use crate::error::ProxyError;
-use crate::pool::{Conn, SendError};
+use crate::h1::RequestHead;
+use crate::pool::{BackendBody, SendError};
 use crate::state::{Runtime, Shared};
 use crate::upstream::{Backend, InFlight, Upstream};
 
@@ -264,21 +265,29 @@ async fn proxy(
             .pick(hash, None)
             .ok_or_else(|| ProxyError::NoHealthyBackend(upstream.name.to_string()))?,
     };
-    let spare = if idempotent && rt.config.retry.enabled {
-        body.try_clone().map(|b| (parts.clone(), b))
+    let spare_body = if idempotent && rt.config.retry.enabled {
+        body.try_clone()
     } else {
         None
+    };
+    let head = RequestHead {
+        method: &parts.method,
+        // Backends get the origin form (`/path?query`), even from a client that sent an
+        // absolute URI.
+        target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        headers: &parts.headers,
+        host: None,
     };
 
     let backend = &set.backends[first];
     if let Some(span) = span {
         span.record("scaleout.backend", &*backend.addr_text);
     }
-    let error = match attempt(rt, upstream, backend, parts, body).await {
+    let error = match attempt(rt, upstream, backend, &head, body).await {
         Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
     };
-    let Some((parts, body)) = spare.filter(|_| error.is_retryable()) else {
+    let Some(body) = spare_body.filter(|_| error.is_retryable()) else {
         return Err(error);
     };
     let Some(second) = set.pick(hash, Some(first)) else {
@@ -293,7 +302,7 @@ async fn proxy(
         span.record("scaleout.backend", &*set.backends[second].addr_text);
     }
     // Boxed: a retry is rare, and its state would otherwise double the size of every request.
-    let exchange = Box::pin(attempt(rt, upstream, &set.backends[second], parts, body)).await?;
+    let exchange = Box::pin(attempt(rt, upstream, &set.backends[second], &head, body)).await?;
     Ok(respond(exchange, upstream, pinned))
 }
 
@@ -302,45 +311,36 @@ async fn attempt(
     rt: &Runtime,
     upstream: &Upstream,
     backend: &Arc<Backend>,
-    mut parts: Parts,
+    head: &RequestHead<'_>,
     body: UpstreamBody,
-) -> Result<(Response<Incoming>, InFlight, Conn), ProxyError> {
+) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
     let guard = backend.start();
-    // Backends get the origin form (`/path?query`), even from a client that sent an absolute URI.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-    }
-    if !parts.headers.contains_key(HOST) {
-        parts.headers.insert(HOST, backend.host.clone());
-    }
+    let head = RequestHead {
+        host: if head.headers.contains_key(HOST) {
+            None
+        } else {
+            Some(&backend.host)
+        },
+        ..*head
+    };
 
     let started = Instant::now();
-    let sent = backend.pool.send(Request::from_parts(parts, body));
+    let sent = backend.pool.send(&head, body);
     let passive = upstream.passive_failures;
     match tokio::time::timeout(rt.response_timeout, sent).await {
-        Ok(Ok((response, conn))) => {
+        Ok(Ok(response)) => {
             upstream.latency.observe(started.elapsed());
             backend.record_status(response.status().as_u16(), passive);
-            Ok((response, guard, conn))
+            Ok((response, guard))
         }
         Ok(Err(SendError::Connect(_))) => {
             backend.record_failure(passive);
             Err(ProxyError::Connect(backend.addr_text.to_string()))
         }
-        Ok(Err(SendError::NotSent(_, error) | SendError::Failed(error))) => {
-            if let Some(body) = find_cause::<BodyError>(&error) {
-                // The client's fault, not the backend's: no failure is counted against it.
-                return Err(match body {
-                    BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(*limit),
-                    BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
-                });
-            }
+        // The client's fault, not the backend's: no failure is counted against it.
+        Ok(Err(SendError::Body(error))) => Err(body_error(error)),
+        Ok(Err(SendError::Failed(error))) => {
+            tracing::debug!(message = "Backend exchange failed.", backend = %backend.addr, %error);
             backend.record_failure(passive);
             Err(ProxyError::Reset(backend.addr_text.to_string()))
         }
@@ -354,7 +354,7 @@ async fn attempt(
 /// Builds the client's response: backend head without hop-by-hop headers, the affinity cookie
 /// when the client is not (or no longer) pinned to this backend, and the streamed body.
 fn respond(
-    (response, guard, conn): (Response<Incoming>, InFlight, Conn),
+    (response, guard): (Response<BackendBody>, InFlight),
     upstream: &Upstream,
     pinned: Option<u64>,
 ) -> Response<ResponseBody> {
@@ -367,7 +367,7 @@ fn respond(
     {
         parts.headers.append(SET_COOKIE, cookie.clone());
     }
-    Response::from_parts(parts, ResponseBody::upstream(body, guard, conn))
+    Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }
 
 fn body_error(e: BodyError) -> ProxyError {
@@ -375,19 +375,6 @@ fn body_error(e: BodyError) -> ProxyError {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
         BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
     }
-}
-
-fn find_cause<'a, E: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a E> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }
 
 /// Approximate size of the request head as it came on the wire.

@@ -1,0 +1,537 @@
+//! The HTTP/1.1 client codec the gateway speaks to its backends.
+//!
+//! Request heads are written straight from the client's parsed head, so nothing is copied into
+//! an intermediate request, and a retry writes the same borrowed head again. Response heads are
+//! parsed with `httparse` (the parser hyper uses) into header values that share the read
+//! buffer, and response bodies follow the framing rules of RFC 9112 section 6.
+
+use std::io;
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::ext::ReasonPhrase;
+use hyper::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
+use hyper::{Method, StatusCode, Version};
+
+/// Header fields accepted in a response head or trailer section (hyper's client default).
+const MAX_HEADERS: usize = 100;
+
+/// The largest response head accepted, interim responses included (hyper's client default).
+pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+
+/// The longest chunk-size line accepted, extensions included.
+const MAX_CHUNK_LINE_BYTES: usize = 4096;
+
+/// A request head as it is sent to one backend, borrowed from the client's request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The request target in origin form (`/path?query`).
+    pub target: &'a str,
+    /// The header fields, hop-by-hop ones already removed.
+    pub headers: &'a HeaderMap,
+    /// A `Host` to add because the client sent none (HTTP/1.0).
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Appends the request head to `out`. `chunked` adds `Transfer-Encoding: chunked` for a body
+/// of unknown length.
+pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, chunked: bool) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(host) = head.host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a chunk-size line (`1a2b\r\n`) to `out`.
+pub fn encode_chunk_size(out: &mut Vec<u8>, size: usize) {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(size >> (shift * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` bytes, or none at all (HEAD, 204, 304).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Everything until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: StatusCode,
+    /// The HTTP version the backend answered with.
+    pub version: Version,
+    /// The reason phrase, kept only when it differs from the standard one.
+    pub reason: Option<ReasonPhrase>,
+    /// The header fields, values sharing the read buffer.
+    pub headers: HeaderMap,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the front of `buf`, skipping interim (1xx) responses, and
+/// removes what it consumed. `Ok(None)` means more bytes are needed.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> io::Result<Option<ResponseHead>> {
+    // The bytes are frozen so header values can share them instead of being copied; a partial
+    // head (rare: it means the head did not arrive in one read) is copied back.
+    let data = buf.split().freeze();
+    let mut offset = 0;
+    loop {
+        match parse_one(&data, offset, head_request)? {
+            Parsed::Partial => {
+                let rest = &data[offset..];
+                if rest.len() >= MAX_HEAD_BYTES {
+                    return Err(invalid("response head too large"));
+                }
+                buf.reserve(rest.len() + 4096);
+                buf.extend_from_slice(rest);
+                return Ok(None);
+            }
+            Parsed::Interim(len) => offset += len,
+            Parsed::Complete(head, len) => {
+                let rest = &data[offset + len..];
+                if !rest.is_empty() {
+                    buf.extend_from_slice(rest);
+                }
+                return Ok(Some(head));
+            }
+        }
+    }
+}
+
+/// Splits off a body that arrived whole with its head, without copying it.
+pub fn take_whole_body(buf: &mut BytesMut, framing: Framing) -> Option<Bytes> {
+    match framing {
+        Framing::Length(n) if n > 0 && buf.len() as u64 == n => Some(buf.split().freeze()),
+        _ => None,
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// An interim (1xx) response of this many bytes.
+    Interim(usize),
+    Complete(ResponseHead, usize),
+}
+
+fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Parsed> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        &data[offset..],
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(invalid(e)),
+    };
+    let code = response.code.ok_or_else(|| invalid("no status code"))?;
+    let status = StatusCode::from_u16(code).map_err(invalid)?;
+    if status.is_informational() {
+        return Ok(Parsed::Interim(len));
+    }
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let reason = response
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .and_then(|r| ReasonPhrase::try_from(data.slice_ref(r.as_bytes())).ok());
+
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for header in response.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(invalid)?;
+        let value =
+            HeaderValue::from_maybe_shared(data.slice_ref(header.value)).map_err(invalid)?;
+        if name == CONTENT_LENGTH {
+            let n = parse_content_length(header.value)?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(invalid("conflicting Content-Length values"));
+            }
+            content_length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Only the final coding decides the framing.
+            chunked = last_token(header.value).eq_ignore_ascii_case(b"chunked");
+        } else if name == CONNECTION {
+            for token in header.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else if transfer_encoding {
+            // A length beside a transfer coding is a smuggling risk: the connection is not reused.
+            keep_alive &= content_length.is_none();
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else if let Some(n) = content_length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+    if framing == Framing::UntilClose {
+        keep_alive = false;
+    }
+    let head = ResponseHead {
+        status,
+        version,
+        reason,
+        headers,
+        framing,
+        keep_alive,
+    };
+    Ok(Parsed::Complete(head, len))
+}
+
+fn parse_content_length(value: &[u8]) -> io::Result<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(invalid("invalid Content-Length"));
+    }
+    Ok(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn last_token(value: &[u8]) -> &[u8] {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+    /// The body has ended.
+    Done,
+}
+
+/// What the chunked decoder could take from the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Some body bytes.
+    Data(Bytes),
+    /// The trailer fields; the body has ended.
+    Trailers(HeaderMap),
+    /// The body has ended without trailers.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+impl Chunked {
+    /// Decodes from the front of `buf`, removing what it consumed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_CHUNK_LINE_BYTES {
+                            return Err(invalid("chunk-size line too long"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = parse_chunk_size(&buf[..end])?;
+                    buf.advance(end + 2);
+                    *self = if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    *self = if n == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(invalid("chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Chunked::Done;
+                        return Ok(Decoded::End);
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut slots).map_err(invalid)? {
+                        httparse::Status::Partial => {
+                            if buf.len() >= MAX_HEAD_BYTES {
+                                return Err(invalid("trailer section too large"));
+                            }
+                            return Ok(Decoded::NeedMore);
+                        }
+                        httparse::Status::Complete((len, fields)) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for field in fields.iter() {
+                                trailers.append(
+                                    HeaderName::from_bytes(field.name.as_bytes())
+                                        .map_err(invalid)?,
+                                    HeaderValue::from_bytes(field.value).map_err(invalid)?,
+                                );
+                            }
+                            buf.advance(len);
+                            *self = Chunked::Done;
+                            return Ok(Decoded::Trailers(trailers));
+                        }
+                    }
+                }
+                Chunked::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
+    // Chunk extensions (`;name=value`) are allowed and ignored.
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("invalid chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        let digit = char::from(*d)
+            .to_digit(16)
+            .ok_or_else(|| invalid("invalid chunk size"))?;
+        Ok(n << 4 | u64::from(digit))
+    })
+}
+
+fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head_request: bool) -> (Option<ResponseHead>, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        let head = parse_response_head(&mut buf, head_request).unwrap();
+        (head, buf)
+    }
+
+    #[test]
+    fn a_request_head_is_written_with_the_missing_host_and_chunked_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let host = HeaderValue::from_static("10.0.0.1:80");
+        let head = RequestHead {
+            method: &Method::POST,
+            target: "/p?q=1",
+            headers: &headers,
+            host: Some(&host),
+        };
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &head, true);
+        assert_eq!(
+            out,
+            b"POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:80\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        for (size, text) in [(1, "1"), (15, "f"), (16, "10"), (0x1a2b, "1a2b")] {
+            let mut out = Vec::new();
+            encode_chunk_size(&mut out, size);
+            assert_eq!(out, format!("{text}\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_head_and_its_whole_body_arrive_together() {
+        let (head, mut rest) = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Y: z\r\n\r\nok\n",
+            false,
+        );
+        let head = head.unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive);
+        assert!(head.reason.is_none());
+        assert_eq!(head.headers["x-y"], "z");
+        assert_eq!(take_whole_body(&mut rest, head.framing).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_keeps_its_bytes() {
+        let (head, buf) = parse(b"HTTP/1.1 200 OK\r\nContent-Le", false);
+        assert!(head.is_none());
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\nContent-Le");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let (head, _) = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!(head.unwrap().status, StatusCode::CREATED);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &[u8], head_request| parse(raw, head_request).0.unwrap().framing;
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false
+            ),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            Framing::Chunked
+        );
+        let close = parse(b"HTTP/1.1 200 OK\r\n\r\nabc", false).0.unwrap();
+        assert_eq!(
+            (close.framing, close.keep_alive),
+            (Framing::UntilClose, false)
+        );
+        let old = parse(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false)
+            .0
+            .unwrap();
+        assert!(!old.keep_alive);
+        let closing = parse(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!closing.0.unwrap().keep_alive);
+    }
+
+    #[test]
+    fn a_custom_reason_phrase_is_kept() {
+        let head = parse(b"HTTP/1.1 200 Fine\r\ncontent-length: 0\r\n\r\n", false)
+            .0
+            .unwrap();
+        assert_eq!(head.reason.unwrap().as_bytes(), b"Fine");
+    }
+
+    #[test]
+    fn bad_lengths_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        ] {
+            assert!(parse_response_head(&mut BytesMut::from(raw), false).is_err());
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_across_reads_with_trailers() {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::from(&b"3;ext=1\r\nabc\r\n2\r"[..]);
+        let mut body = Vec::new();
+        loop {
+            match state.decode(&mut buf).unwrap() {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::NeedMore => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        buf.extend_from_slice(b"\nde\r\n0\r\nx-sum: 5\r\n\r\n");
+        let trailers = loop {
+            match state.decode(&mut buf).unwrap() {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Trailers(t) => break t,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(body, b"abcde");
+        assert_eq!(trailers["x-sum"], "5");
+        assert!(buf.is_empty());
+        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+    }
+
+    #[test]
+    fn a_chunked_body_without_trailers_ends() {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
+        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+        assert!(buf.is_empty());
+    }
+}
