@@ -102,7 +102,7 @@ impl Store {
         });
         Self {
             post: cache.kind("post", secs(settings.cache_ttl_post_secs)),
-            post_list: cache.kind("post_list", secs(settings.cache_ttl_post_list_secs)),
+            post_list: cache.indexed_kind("post_list", secs(settings.cache_ttl_post_list_secs)),
             comment_list: cache.kind("comment_list", secs(settings.cache_ttl_comments_secs)),
             views: WriteBehindCounter::new(cache.redis().clone(), "post_views"),
             outbox: OutboxWaker::new(),

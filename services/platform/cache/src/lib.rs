@@ -85,6 +85,9 @@ pub enum CacheError {
     CircuitOpen,
     #[error("a value could not be encoded")]
     Encode(#[from] serde_json::Error),
+    /// `invalidate_kind` on a kind made with [`Cache::kind`], whose keys are not tracked.
+    #[error("cache kind `{0}` keeps no index of its keys; make it with `Cache::indexed_kind`")]
+    NotIndexed(&'static str),
 }
 
 impl From<redis::RedisError> for CacheError {
@@ -109,6 +112,8 @@ pub struct KindStats {
 pub struct Kind {
     name: &'static str,
     ttl: Duration,
+    /// Whether the kind's keys are tracked in a set, so the whole kind can be dropped at once.
+    indexed: bool,
     stats: Arc<KindStats>,
 }
 
@@ -177,6 +182,18 @@ impl Cache {
     /// The kind named `name` with time-to-live `ttl`, registered for the metrics. Asking twice
     /// for one name returns the same counters.
     pub fn kind(&self, name: &'static str, ttl: Duration) -> Kind {
+        self.register(name, ttl, false)
+    }
+
+    /// A kind whose entries can all be dropped at once with [`Cache::invalidate_kind`], such
+    /// as the pages of a listing that one write changes. Each fill also records the key in a
+    /// set of the kind's keys (same round trip), so dropping them costs one round trip and work
+    /// in proportion to the kind's entries, never a scan of the keyspace.
+    pub fn indexed_kind(&self, name: &'static str, ttl: Duration) -> Kind {
+        self.register(name, ttl, true)
+    }
+
+    fn register(&self, name: &'static str, ttl: Duration, indexed: bool) -> Kind {
         self.kinds
             .lock()
             .expect("the kinds registry is never poisoned")
@@ -184,6 +201,7 @@ impl Cache {
             .or_insert_with(|| Kind {
                 name,
                 ttl,
+                indexed,
                 stats: Arc::default(),
             })
             .clone()
@@ -204,6 +222,11 @@ impl Cache {
 
     fn key(&self, kind: &Kind, key: &str) -> String {
         self.redis.key(format_args!("cache:{}:{key}", kind.name))
+    }
+
+    /// The set of an indexed kind's keys.
+    fn index_key(&self, kind: &Kind) -> String {
+        self.redis.key(format_args!("cache-index:{}", kind.name))
     }
 
     /// The TTL with ±10 % jitter, so entries written together do not expire together and
@@ -281,15 +304,29 @@ impl Cache {
             ),
         };
         let full = self.key(kind, key);
+        // The index outlives every entry it names (jitter adds at most 10 %), and expires with
+        // the last of them when nothing drops the kind first.
+        let index = kind
+            .indexed
+            .then(|| (self.index_key(kind), kind.ttl.mul_f64(1.1)));
         self.guarded(kind, |redis| async move {
             let mut conn = redis.conn().await?;
-            redis::cmd("SET")
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
                 .arg(&full)
                 .arg(json)
                 .arg("PX")
                 .arg(ttl.as_millis() as u64)
-                .query_async::<()>(&mut conn)
-                .await?;
+                .ignore();
+            if let Some((index, index_ttl)) = &index {
+                pipe.cmd("SADD").arg(index).arg(&full).ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(index)
+                    .arg(index_ttl.as_millis() as u64)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await
@@ -362,40 +399,41 @@ impl Cache {
         .await
     }
 
-    /// Removes every entry of `kind` (with SCAN, in batches); used when a write changes more
-    /// entries than it can name, such as every page of a listing.
+    /// Removes every entry of an indexed `kind` (see [`Cache::indexed_kind`]) in one round
+    /// trip; used when a write changes more entries than it can name, such as every page of a
+    /// listing.
     pub async fn invalidate_kind(&self, kind: &Kind) -> Result<(), CacheError> {
         if !self.enabled {
             return Ok(());
         }
-        let pattern = self.redis.key(format_args!("cache:{}:*", kind.name));
+        if !kind.indexed {
+            return Err(CacheError::NotIndexed(kind.name));
+        }
+        let index = self.index_key(kind);
         self.guarded(kind, |redis| async move {
             let mut conn = redis.conn().await?;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
-            }
+            redis::cmd("EVAL")
+                .arg(DROP_INDEXED)
+                .arg(1)
+                .arg(&index)
+                .query_async::<u64>(&mut conn)
+                .await?;
+            Ok(())
         })
         .await
     }
 }
+
+/// Unlinks every key named in the set `KEYS[1]`, in batches (Lua's `unpack` has a limit), then
+/// the set itself; atomic, so a fill racing it lands wholly before or wholly after.
+const DROP_INDEXED: &str = r"
+    local keys = redis.call('SMEMBERS', KEYS[1])
+    for i = 1, #keys, 500 do
+        redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
+    end
+    redis.call('DEL', KEYS[1])
+    return #keys
+";
 
 type BoxLoad<V, E> = std::pin::Pin<Box<dyn Future<Output = Result<Option<V>, E>> + Send>>;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use platform_cache::counter::WriteBehindCounter;
-use platform_cache::{Cache, CacheSettings, ReadThrough};
+use platform_cache::{Cache, CacheError, CacheSettings, ReadThrough};
 use platform_config::Secret;
 use platform_redis::{Redis, RedisSettings};
 use platform_testing::TestRedis;
@@ -104,7 +104,7 @@ async fn write_through_and_invalidation_keep_the_cache_current() {
     assert_eq!(v.as_deref(), Some("fresh"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    let list = cache.kind("post_list", Duration::from_secs(60));
+    let list = cache.indexed_kind("post_list", Duration::from_secs(60));
     for page in ["first", "after:10"] {
         cache.put(&list, page, &page.to_owned()).await.unwrap();
     }
@@ -114,6 +114,51 @@ async fn write_through_and_invalidation_keep_the_cache_current() {
         .await
         .unwrap();
     assert_eq!(v.as_deref(), Some("reloaded"));
+    // Dropping the kind leaves the other kinds alone, and a kind without an index says so.
+    let v = cache
+        .get_or_load(&kind, "7", || counting(&calls, None))
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("fresh"));
+    assert!(matches!(
+        cache.invalidate_kind(&kind).await,
+        Err(CacheError::NotIndexed("post"))
+    ));
+}
+
+#[tokio::test]
+async fn dropping_a_kind_unlinks_its_entries_and_its_index_only() {
+    let redis = TestRedis::new();
+    let cache = cache(&redis, CacheSettings::default());
+    let pages = cache.indexed_kind("post_list", Duration::from_secs(60));
+    let posts = cache.kind("post", Duration::from_secs(60));
+    for page in 0..1200 {
+        cache.put(&pages, &page.to_string(), &page).await.unwrap();
+    }
+    cache.put(&posts, "1", &"kept").await.unwrap();
+    let keys = |pattern: &'static str| {
+        let redis = Redis::connect(&redis.settings).unwrap();
+        async move {
+            let mut c = redis.conn().await.unwrap();
+            let found: Vec<String> = platform_redis::redis::cmd("KEYS")
+                .arg(redis.key(pattern))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            found.len()
+        }
+    };
+    assert_eq!(keys("cache:post_list:*").await, 1200);
+    assert_eq!(keys("cache-index:post_list").await, 1);
+
+    cache.invalidate_kind(&pages).await.unwrap();
+    assert_eq!(
+        keys("cache:post_list:*").await,
+        0,
+        "every page, past Lua's unpack limit"
+    );
+    assert_eq!(keys("cache-index:post_list").await, 0);
+    assert_eq!(keys("cache:post:*").await, 1, "other kinds stay");
 }
 
 #[tokio::test]
