@@ -13,8 +13,10 @@
 
 use std::sync::Arc;
 
+use platform_db::client_span_without_collection;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// The channel the relay listens on.
 pub const CHANNEL: &str = "outbox";
@@ -56,6 +58,7 @@ pub async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(pool)
+        .instrument(client_span_without_collection("SELECT"))
         .await
         .map(drop)
 }

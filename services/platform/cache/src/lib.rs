@@ -25,9 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use platform_redis::{Redis, RedisError, redis};
+use platform_redis::{Redis, RedisError, client_span, redis};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use circuit::Circuit;
 use flight::Flights;
@@ -249,7 +250,11 @@ impl Cache {
         let raw: Option<String> = self
             .guarded(kind, |redis| async move {
                 let mut conn = redis.conn().await?;
-                Ok(redis::cmd("GET").arg(&full).query_async(&mut conn).await?)
+                Ok(redis::cmd("GET")
+                    .arg(&full)
+                    .query_async(&mut conn)
+                    .instrument(client_span("GET"))
+                    .await?)
             })
             .await?;
         kind.stats
@@ -289,6 +294,7 @@ impl Cache {
                 .arg("PX")
                 .arg(ttl.as_millis() as u64)
                 .query_async::<()>(&mut conn)
+                .instrument(client_span("SET"))
                 .await?;
             Ok(())
         })
@@ -356,6 +362,7 @@ impl Cache {
             redis::cmd("DEL")
                 .arg(&full)
                 .query_async::<()>(&mut conn)
+                .instrument(client_span("DEL"))
                 .await?;
             Ok(())
         })
@@ -380,11 +387,13 @@ impl Cache {
                     .arg("COUNT")
                     .arg(500)
                     .query_async(&mut conn)
+                    .instrument(client_span("SCAN"))
                     .await?;
                 if !keys.is_empty() {
                     redis::cmd("UNLINK")
                         .arg(&keys)
                         .query_async::<()>(&mut conn)
+                        .instrument(client_span("UNLINK"))
                         .await?;
                 }
                 if next == 0 {
