@@ -6,9 +6,11 @@
 //! [`apply_spam_verdict`] and [`apply_sentiment`], each with its inbox row, so a message
 //! delivered twice changes nothing.
 
+use platform_db::{client_span, client_span_without_collection};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{CommentBody, PostId, UserId};
@@ -34,6 +36,7 @@ pub async fn list_visible(pool: &PgPool, post: PostId) -> Result<Vec<Comment>, s
     )
     .bind(post)
     .fetch_all(pool)
+    .instrument(client_span("SELECT", "comments"))
     .await
 }
 
@@ -126,7 +129,10 @@ pub async fn submit_traced(
     body: &CommentBody,
     trace: &TraceContext,
 ) -> Result<CommentId, SubmitCommentError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin()
+        .instrument(client_span_without_collection("BEGIN"))
+        .await?;
     let inserted = sqlx::query_scalar(
         "WITH c AS ( \
              INSERT INTO comments (post_id, author_id, body) VALUES ($1, $2, $3) \
@@ -146,6 +152,8 @@ pub async fn submit_traced(
     .bind(trace.traceparent.as_deref())
     .bind(trace.tracestate.as_deref())
     .fetch_one(&mut *tx)
+    // Named after the comment it stores; the outbox row rides in the same statement.
+    .instrument(client_span("INSERT", "comments"))
     .await;
     let id = match inserted {
         Ok(id) => CommentId(id),
@@ -154,7 +162,9 @@ pub async fn submit_traced(
         }
         Err(e) => return Err(e.into()),
     };
-    tx.commit().await?;
+    tx.commit()
+        .instrument(client_span_without_collection("COMMIT"))
+        .await?;
     Ok(id)
 }
 
@@ -201,6 +211,7 @@ async fn claim_message(
     .bind(consumer)
     .bind(message_id)
     .execute(tx)
+    .instrument(client_span("INSERT", "inbox"))
     .await?;
     Ok(inserted.rows_affected() == 1)
 }
@@ -219,7 +230,10 @@ pub async fn apply_spam_verdict(
     is_spam: bool,
     spam_score: f64,
 ) -> Result<Applied, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin()
+        .instrument(client_span_without_collection("BEGIN"))
+        .await?;
     if !claim_message(&mut tx, consumer, message_id).await? {
         return Ok(Applied::Duplicate);
     }
@@ -234,8 +248,11 @@ pub async fn apply_spam_verdict(
     .bind(spam_score)
     .bind(if is_spam { "rejected" } else { "published" })
     .execute(&mut *tx)
+    .instrument(client_span("UPDATE", "comments"))
     .await?;
-    tx.commit().await?;
+    tx.commit()
+        .instrument(client_span_without_collection("COMMIT"))
+        .await?;
     Ok(Applied::Done)
 }
 
@@ -250,7 +267,10 @@ pub async fn apply_sentiment(
     score: f64,
     label: SentimentLabel,
 ) -> Result<Applied, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin()
+        .instrument(client_span_without_collection("BEGIN"))
+        .await?;
     if !claim_message(&mut tx, consumer, message_id).await? {
         return Ok(Applied::Duplicate);
     }
@@ -259,8 +279,11 @@ pub async fn apply_sentiment(
         .bind(score.clamp(-1.0, 1.0))
         .bind(label.as_str())
         .execute(&mut *tx)
+        .instrument(client_span("UPDATE", "comments"))
         .await?;
-    tx.commit().await?;
+    tx.commit()
+        .instrument(client_span_without_collection("COMMIT"))
+        .await?;
     Ok(Applied::Done)
 }
 
@@ -272,5 +295,6 @@ pub async fn status(pool: &PgPool, id: CommentId) -> Result<Option<CommentStatus
     )
     .bind(id)
     .fetch_optional(pool)
+    .instrument(client_span("SELECT", "comments"))
     .await
 }

@@ -37,3 +37,11 @@ pub async fn prepare_database(
     pool.close().await;
     migrated
 }
+
+/// Runs `work` with tracing off: for periodic bookkeeping (flushing view counts, waking the
+/// relay) whose client spans would each start a trace of their own and bury the requests'.
+/// `work` must return its errors for the caller to log.
+pub(crate) async fn untraced<F: Future>(work: F) -> F::Output {
+    use tracing::instrument::WithSubscriber;
+    work.with_subscriber(tracing::Dispatch::none()).await
+}

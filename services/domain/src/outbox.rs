@@ -13,8 +13,10 @@
 
 use std::sync::Arc;
 
+use platform_db::client_span_without_collection;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// The channel the relay listens on.
 pub const CHANNEL: &str = "outbox";
@@ -43,7 +45,7 @@ impl OutboxWaker {
         tokio::spawn(async move {
             loop {
                 pending.notified().await;
-                if let Err(e) = notify(&pool).await {
+                if let Err(e) = crate::untraced(notify(&pool)).await {
                     tracing::debug!(message = "Could not wake the relay; it will poll.", error = %e);
                 }
             }
@@ -56,6 +58,7 @@ pub async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(pool)
+        .instrument(client_span_without_collection("SELECT"))
         .await
         .map(drop)
 }

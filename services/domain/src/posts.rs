@@ -1,9 +1,11 @@
 //! Posts: writing one, editing one (its author only), reading one, and the newest-first
 //! listing.
 
+use platform_db::{client_span, client_span_without_collection};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::{PostBody, PostId, PostTitle, UserId};
 
@@ -71,6 +73,7 @@ pub async fn create(
     .bind(title.as_ref())
     .bind(body.as_ref())
     .fetch_one(pool)
+    .instrument(client_span("INSERT", "posts"))
     .await
 }
 
@@ -105,7 +108,10 @@ pub async fn update_if_version(
     title: &PostTitle,
     body: &PostBody,
 ) -> Result<Post, UpdatePostError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin()
+        .instrument(client_span_without_collection("BEGIN"))
+        .await?;
     // `greatest` keeps `updated_at` strictly increasing even if the clock steps back or two edits
     // share a transaction timestamp, so `Last-Modified` never goes backwards.
     let updated: Option<PostId> = sqlx::query_scalar(
@@ -120,11 +126,13 @@ pub async fn update_if_version(
     .bind(body.as_ref())
     .bind(expected_version)
     .fetch_optional(&mut *tx)
+    .instrument(client_span("UPDATE", "posts"))
     .await?;
     if updated.is_none() {
         let owner: Option<UserId> = sqlx::query_scalar("SELECT author_id FROM posts WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
+            .instrument(client_span("SELECT", "posts"))
             .await?;
         return Err(match owner {
             None => UpdatePostError::NotFound,
@@ -135,7 +143,9 @@ pub async fn update_if_version(
     let post = get_in(&mut *tx, id)
         .await?
         .ok_or(UpdatePostError::NotFound)?;
-    tx.commit().await?;
+    tx.commit()
+        .instrument(client_span_without_collection("COMMIT"))
+        .await?;
     Ok(post)
 }
 
@@ -150,6 +160,7 @@ async fn get_in<'e>(
     )
     .bind(id)
     .fetch_optional(executor)
+    .instrument(client_span("SELECT", "posts"))
     .await
 }
 
@@ -171,6 +182,7 @@ pub async fn list(pool: &PgPool, before: Option<PostId>, limit: u32) -> Result<P
     .bind(before)
     .bind(i64::from(limit) + 1)
     .fetch_all(pool)
+    .instrument(client_span("SELECT", "posts"))
     .await?;
     // One extra row tells whether a next page exists without a count query.
     let next_cursor = if items.len() > limit as usize {

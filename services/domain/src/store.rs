@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use platform_cache::counter::WriteBehindCounter;
 use platform_cache::{Cache, CacheSettings, Kind, ReadThrough};
-use platform_db::{Database, DbError, DbSettings, Lsn};
+use platform_db::{Database, DbError, DbSettings, Lsn, client_span};
 use platform_redis::Redis;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::comments::{self, Comment, CommentId, SubmitCommentError, TraceContext};
 use crate::outbox::OutboxWaker;
@@ -304,7 +305,7 @@ impl Store {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                if let Err(e) = store.flush_views().await {
+                if let Err(e) = crate::untraced(store.flush_views()).await {
                     tracing::warn!(message = "Flushing view counts failed.", error = %e);
                 }
             }
@@ -325,6 +326,7 @@ async fn load_profile(pool: &PgPool, id: UserId) -> Result<Option<Profile>, sqlx
     sqlx::query_as("SELECT id, username, created_at FROM users WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
+        .instrument(client_span("SELECT", "users"))
         .await
 }
 
@@ -339,6 +341,7 @@ async fn add_views(pool: &PgPool, counts: &[(PostId, i64)]) -> Result<(), sqlx::
     .bind(&ids)
     .bind(&by)
     .execute(pool)
+    .instrument(client_span("UPDATE", "posts"))
     .await?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Users: registration and the lookup behind login.
 
+use platform_db::client_span;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{UserId, Username};
 
@@ -34,6 +36,7 @@ pub async fn create(
     .bind(username.as_ref())
     .bind(password_hash)
     .fetch_one(pool)
+    .instrument(client_span("INSERT", "users"))
     .await;
     match result {
         Ok(id) => Ok(UserId(id)),
@@ -54,5 +57,6 @@ pub async fn find_credentials(
     )
     .bind(username)
     .fetch_optional(pool)
+    .instrument(client_span("SELECT", "users"))
     .await
 }

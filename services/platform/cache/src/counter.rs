@@ -8,7 +8,8 @@
 //! disk), or those taken by a flush whose database write then fails. For view counts that is an
 //! acceptable price; for money it would not be.
 
-use platform_redis::{Redis, RedisError, redis};
+use platform_redis::{Redis, RedisError, client_span, redis};
+use tracing::Instrument;
 
 /// A set of counters, one per field, under one Redis hash.
 #[derive(Debug, Clone)]
@@ -40,6 +41,7 @@ impl WriteBehindCounter {
             .arg(field)
             .arg(by)
             .query_async::<()>(&mut conn)
+            .instrument(client_span("HINCRBY"))
             .await?;
         Ok(())
     }
@@ -52,6 +54,7 @@ impl WriteBehindCounter {
             .arg(1)
             .arg(&self.key)
             .query_async(&mut conn)
+            .instrument(client_span("EVAL"))
             .await?;
         Ok(flat
             .chunks_exact(2)

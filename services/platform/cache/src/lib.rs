@@ -25,9 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use platform_redis::{Redis, RedisError, redis};
+use platform_redis::{Redis, RedisError, client_span, redis};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use circuit::Circuit;
 use flight::Flights;
@@ -272,7 +273,11 @@ impl Cache {
         let raw: Option<String> = self
             .guarded(kind, |redis| async move {
                 let mut conn = redis.conn().await?;
-                Ok(redis::cmd("GET").arg(&full).query_async(&mut conn).await?)
+                Ok(redis::cmd("GET")
+                    .arg(&full)
+                    .query_async(&mut conn)
+                    .instrument(client_span("GET"))
+                    .await?)
             })
             .await?;
         kind.stats
@@ -312,21 +317,23 @@ impl Cache {
         self.guarded(kind, |redis| async move {
             let mut conn = redis.conn().await?;
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("SET")
+            pipe.cmd("SET")
                 .arg(&full)
                 .arg(json)
                 .arg("PX")
                 .arg(ttl.as_millis() as u64)
                 .ignore();
+            // The entry and its place in the index land together or not at all.
             if let Some((index, index_ttl)) = &index {
+                pipe.atomic();
                 pipe.cmd("SADD").arg(index).arg(&full).ignore();
                 pipe.cmd("PEXPIRE")
                     .arg(index)
                     .arg(index_ttl.as_millis() as u64)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut conn).await?;
+            let span = client_span(if index.is_some() { "MULTI" } else { "SET" });
+            pipe.query_async::<()>(&mut conn).instrument(span).await?;
             Ok(())
         })
         .await
@@ -393,6 +400,7 @@ impl Cache {
             redis::cmd("DEL")
                 .arg(&full)
                 .query_async::<()>(&mut conn)
+                .instrument(client_span("DEL"))
                 .await?;
             Ok(())
         })
@@ -417,6 +425,7 @@ impl Cache {
                 .arg(1)
                 .arg(&index)
                 .query_async::<u64>(&mut conn)
+                .instrument(client_span("EVAL"))
                 .await?;
             Ok(())
         })

@@ -10,6 +10,7 @@
 //! - [`connect`]: a pool for the primary.
 //! - [`ensure_database`] and [`migrate`]: what a process runs before it serves.
 //! - [`routing`]: [`Database`], reads split across replicas with read-your-writes.
+//! - [`client_span`]: the span each query runs in, for traces.
 
 pub mod routing;
 
@@ -22,6 +23,50 @@ use serde::{Deserialize, Serialize};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
+
+/// The span for one Postgres round trip, after OpenTelemetry's database client conventions:
+/// named `{operation} {collection}` ("SELECT posts"), kind client, with `db.system.name`,
+/// `db.operation.name` and `db.collection.name`. Run the query in it with
+/// `.instrument(client_span(..))`. Only these low-cardinality names go in: never query text,
+/// whose values could hold user data.
+///
+/// DEBUG, so it exists only when the OpenTelemetry layer is installed (see
+/// `platform_telemetry`'s filtering): without trace export it costs a level check.
+pub fn client_span(operation: &'static str, collection: &'static str) -> tracing::Span {
+    span(operation, Some(collection))
+}
+
+/// [`client_span`] for a statement that names no table: `BEGIN`, `COMMIT`, or a function call
+/// such as `pg_current_wal_lsn()`. Named after the operation alone, as OpenTelemetry says.
+pub fn client_span_without_collection(operation: &'static str) -> tracing::Span {
+    span(operation, None)
+}
+
+fn span(operation: &'static str, collection: Option<&'static str>) -> tracing::Span {
+    tracing::debug_span!(
+        "db.client",
+        otel.name = %SpanName { operation, collection },
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+    )
+}
+
+/// `{operation} {collection}`, written out only when the span is enabled.
+struct SpanName {
+    operation: &'static str,
+    collection: Option<&'static str>,
+}
+
+impl std::fmt::Display for SpanName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.collection {
+            Some(collection) => write!(f, "{} {collection}", self.operation),
+            None => f.write_str(self.operation),
+        }
+    }
+}
 
 /// Database settings shared by every process that talks to Postgres.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
+use tracing::Instrument;
 
 use crate::{DbError, DbSettings};
 
@@ -166,6 +167,14 @@ impl Database {
     /// The primary's current WAL position. Called right after a commit, it is a position every
     /// later read by the same user must have replayed.
     pub async fn current_lsn(&self) -> Result<Lsn, sqlx::Error> {
+        self.primary_lsn()
+            .instrument(crate::client_span_without_collection("SELECT"))
+            .await
+    }
+
+    /// [`Database::current_lsn`] without a span: the monitor asks every check interval, in no
+    /// request's trace, and a root span per tick would only bury the traces worth reading.
+    async fn primary_lsn(&self) -> Result<Lsn, sqlx::Error> {
         let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&self.primary)
             .await?;
@@ -203,7 +212,9 @@ impl Database {
             return;
         }
         let timeout = self.check_interval.max(Duration::from_millis(100));
-        let primary_lsn = tokio::time::timeout(timeout, self.current_lsn()).await;
+        // No client spans here (see `primary_lsn`): these checks run on a timer, not for a
+        // request or a message.
+        let primary_lsn = tokio::time::timeout(timeout, self.primary_lsn()).await;
         let now = Instant::now();
         if let Ok(Ok(lsn)) = primary_lsn {
             history.record(now, lsn);

@@ -10,6 +10,8 @@
 //!
 //! Every key goes through [`Redis::key`], which puts `REDIS_KEY_PREFIX` in front, so tests and
 //! several deployments can share one Redis without seeing each other's keys.
+//!
+//! Every command runs in a [`client_span`], so traces show each round trip to Redis.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,25 @@ use deadpool_redis::redis::AsyncConnectionConfig;
 use deadpool_redis::{Manager, Pool, Runtime};
 use platform_config::Secret;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+/// The span for one Redis round trip (a command, or a pipeline or script sent as one), after
+/// OpenTelemetry's database client conventions: named after the command ("GET", "EVAL"; an
+/// atomic pipeline goes out as `MULTI` ... `EXEC`, so "MULTI"), kind client, with
+/// `db.system.name` and `db.operation.name`. Run the command in it with
+/// `.instrument(client_span(..))`. Keys and arguments never go in: they hold user data.
+///
+/// DEBUG, so it exists only when the OpenTelemetry layer is installed (see
+/// `platform_telemetry`'s filtering): without trace export it costs a level check.
+pub fn client_span(command: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        "db.client",
+        otel.name = command,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = command,
+    )
+}
 
 /// Redis settings shared by every process that uses Redis.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,7 +138,10 @@ impl Redis {
     /// Round-trips a `PING`; readiness probes use this.
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .instrument(client_span("PING"))
+            .await?;
         Ok(())
     }
 }

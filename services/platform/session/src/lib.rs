@@ -27,10 +27,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::time::Duration;
 
 use platform_redis::redis::{self, AsyncCommands};
-use platform_redis::{Redis, RedisError};
+use platform_redis::{Redis, RedisError, client_span};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// Session settings shared by the web and mobile services.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +215,7 @@ impl SessionStore {
             .arg(ttl)
             .arg("NX")
             .query_async(&mut conn)
+            .instrument(client_span("SET"))
             .await?;
         Ok(Session { id, data })
     }
@@ -228,23 +230,27 @@ impl SessionStore {
             .arg("EX")
             .arg(self.idle.as_secs())
             .query_async(&mut conn)
+            .instrument(client_span("GETEX"))
             .await?;
         let Some(json) = json else { return Ok(None) };
         let data: SessionData = match serde_json::from_str(&json) {
             Ok(data) => data,
             Err(_) => {
-                let _: () = conn.del(&key).await?;
+                let _: () = conn.del(&key).instrument(client_span("DEL")).await?;
                 return Ok(None);
             }
         };
         match self.ttl_secs(&data) {
             None => {
-                let _: () = conn.del(&key).await?;
+                let _: () = conn.del(&key).instrument(client_span("DEL")).await?;
                 Ok(None)
             }
             Some(ttl) => {
                 if ttl < self.idle.as_secs() {
-                    let _: () = conn.expire(&key, ttl as i64).await?;
+                    let _: () = conn
+                        .expire(&key, ttl as i64)
+                        .instrument(client_span("EXPIRE"))
+                        .await?;
                 }
                 Ok(Some(Session {
                     id: id.clone(),
@@ -285,6 +291,7 @@ impl SessionStore {
             .set_ex(self.key(&id), json, ttl)
             .ignore()
             .query_async(&mut conn)
+            .instrument(client_span("MULTI"))
             .await?;
         Ok(Session { id, data })
     }
@@ -300,6 +307,7 @@ impl SessionStore {
             .arg("XX")
             .arg("KEEPTTL")
             .query_async(&mut conn)
+            .instrument(client_span("SET"))
             .await?;
         Ok(())
     }
@@ -307,7 +315,10 @@ impl SessionStore {
     /// Deletes a session; its id is rejected everywhere from now on.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
         let mut conn = self.redis.conn().await?;
-        let _: () = conn.del(self.key(id)).await?;
+        let _: () = conn
+            .del(self.key(id))
+            .instrument(client_span("DEL"))
+            .await?;
         Ok(())
     }
 

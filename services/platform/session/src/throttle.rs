@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use platform_redis::redis;
-use platform_redis::{Redis, RedisError};
+use platform_redis::{Redis, RedisError, client_span};
+use tracing::Instrument;
 
 /// Counts attempts per key within a window.
 #[derive(Debug, Clone)]
@@ -54,6 +55,7 @@ impl Throttle {
             .ignore()
             .ttl(&key)
             .query_async(&mut conn)
+            .instrument(client_span("MULTI"))
             .await?;
         Ok(if count > self.limit {
             Verdict::Limited {
