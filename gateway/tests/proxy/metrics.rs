@@ -8,6 +8,9 @@ use crate::helpers::*;
 const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 40, healthy_threshold = 2, unhealthy_threshold = 2 }";
 
 /// One scrape: series (name and sorted labels) to value, and family name to type.
+///
+/// The services' tests use `platform_metrics::scrape::Scrape`; the gateway keeps this small copy
+/// because that crate brings sqlx and actix with it, and the gateway links no database crate.
 #[derive(Debug)]
 struct Scrape {
     samples: HashMap<(String, BTreeMap<String, String>), f64>,

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use platform_metrics::scrape::Scrape;
+use platform_testing::eventually;
 use serde_json::Value;
 use trace_tests::Stack;
 use workers::{SENTIMENT_CONSUMER, SPAM_CONSUMER};
@@ -142,18 +144,18 @@ async fn every_dashboard_series_is_exposed_and_moves_with_a_comment() {
     let client = stack.client.clone();
     // The replica's series appear once the API's monitor has seen it answer.
     let api_metrics = format!("http://{}/metrics", stack.api_addr);
-    let mut mobile = fetch(&client, api_metrics.clone()).await;
-    for _ in 0..100 {
-        if mobile
+    let replica_reported = || async {
+        fetch(&client, api_metrics.clone())
+            .await
             .samples
             .keys()
             .any(|(n, _)| n == "db_replica_lag_seconds")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        mobile = fetch(&client, api_metrics.clone()).await;
-    }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), replica_reported).await,
+        "the API never reported the replica; is it running? (infra/scripts/replica.sh up)"
+    );
+    let mobile = fetch(&client, api_metrics.clone()).await;
     let processes = [
         (
             "gateway",
