@@ -6,7 +6,7 @@
 //! [`apply_spam_verdict`] and [`apply_sentiment`], each with its inbox row, so a message
 //! delivered twice changes nothing.
 
-use platform_db::{client_span, client_span_without_collection};
+use platform_db::client_span;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -24,13 +24,27 @@ pub struct Comment {
     pub created_at: OffsetDateTime,
     pub sentiment_label: Option<String>,
     pub sentiment_score: Option<f64>,
+    /// When the comment last changed as readers see it: published, or scored, whichever came
+    /// later; what `Last-Modified` of the pages showing it derives from.
+    ///
+    /// Not optional, so a cached list of an older shape, without it, is unreadable and counts
+    /// as a miss.
+    pub changed_at: OffsetDateTime,
+}
+
+/// When the latest of `comments` changed (see [`Comment::changed_at`]); `None` without any.
+pub fn last_changed(comments: &[Comment]) -> Option<OffsetDateTime> {
+    comments.iter().map(|c| c.changed_at).max()
 }
 
 /// The published comments of `post`, oldest first.
 pub async fn list_visible(pool: &PgPool, post: PostId) -> Result<Vec<Comment>, sqlx::Error> {
+    // `greatest` ignores NULL; `created_at` stands in for a comment published before
+    // `moderated_at` existed.
     sqlx::query_as(
         "SELECT c.id, u.username AS author, c.body, c.created_at, c.sentiment_label, \
-                c.sentiment_score \
+                c.sentiment_score, \
+                greatest(c.created_at, c.moderated_at, c.scored_at) AS changed_at \
          FROM comments c JOIN users u ON u.id = c.author_id \
          WHERE c.post_id = $1 AND c.status = 'published' ORDER BY c.id LIMIT 500",
     )
@@ -118,10 +132,11 @@ pub async fn submit(
 
 /// [`submit`], carrying the submitting request's trace context into the event.
 ///
-/// The comment and its `comment.submitted` outbox row are written by one statement in one
-/// transaction: either both exist or neither does, so a comment that was accepted always has
-/// an event for the relay to publish, and no event announces a comment that was rolled back.
-/// Nothing here talks to the broker; the caller answers as soon as this returns.
+/// The comment and its `comment.submitted` outbox row are written by one statement, and a
+/// statement is its own transaction: either both exist or neither does, so a comment that was
+/// accepted always has an event for the relay to publish, and no event announces a comment that
+/// was rolled back. One statement is also one round trip, where `BEGIN` ... `COMMIT` around it
+/// would be three. Nothing here talks to the broker; the caller answers as soon as this returns.
 pub async fn submit_traced(
     pool: &PgPool,
     post: PostId,
@@ -129,10 +144,6 @@ pub async fn submit_traced(
     body: &CommentBody,
     trace: &TraceContext,
 ) -> Result<CommentId, SubmitCommentError> {
-    let mut tx = pool
-        .begin()
-        .instrument(client_span_without_collection("BEGIN"))
-        .await?;
     let inserted = sqlx::query_scalar(
         "WITH c AS ( \
              INSERT INTO comments (post_id, author_id, body) VALUES ($1, $2, $3) \
@@ -151,21 +162,17 @@ pub async fn submit_traced(
     .bind(COMMENT_SUBMITTED)
     .bind(trace.traceparent.as_deref())
     .bind(trace.tracestate.as_deref())
-    .fetch_one(&mut *tx)
+    .fetch_one(pool)
     // Named after the comment it stores; the outbox row rides in the same statement.
     .instrument(client_span("INSERT", "comments"))
     .await;
-    let id = match inserted {
-        Ok(id) => CommentId(id),
+    match inserted {
+        Ok(id) => Ok(CommentId(id)),
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            return Err(SubmitCommentError::PostNotFound);
+            Err(SubmitCommentError::PostNotFound)
         }
-        Err(e) => return Err(e.into()),
-    };
-    tx.commit()
-        .instrument(client_span_without_collection("COMMIT"))
-        .await?;
-    Ok(id)
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a worker's message changed anything.
@@ -195,25 +202,37 @@ impl SentimentLabel {
     }
 }
 
-/// Records message `message_id` as processed by `consumer`, inside `tx`. `false` means it was
-/// already there: the caller rolls back and reports a duplicate.
+/// How a worker's effect and its inbox row are written: one statement, so one transaction and
+/// one round trip. `claimed` records message `$2` as processed by consumer `$1`; the effect on
+/// comment `$3` (`{effect}`, the `SET` list, with its own parameters from `$4`) applies only if
+/// the claim inserted a row, and the statement answers whether it did. `false` is a duplicate:
+/// nothing changed.
 ///
-/// Two deliveries of one message racing in two workers serialise on the primary key: the second
-/// insert waits for the first transaction, then finds the row and does nothing.
-async fn claim_message(
-    tx: &mut sqlx::PgConnection,
-    consumer: &str,
-    message_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(message_id)
-    .execute(tx)
-    .instrument(client_span("INSERT", "inbox"))
-    .await?;
-    Ok(inserted.rows_affected() == 1)
+/// Two deliveries of one message racing in two workers serialise on the inbox's primary key:
+/// the second insert waits for the first statement to commit, then finds the row and does
+/// nothing. Postgres runs a data-modifying `WITH` to completion whether or not the outer query
+/// reads it.
+macro_rules! once_per_message {
+    ($effect:literal) => {
+        concat!(
+            "WITH claimed AS ( \
+                 INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING RETURNING 1), \
+             applied AS ( \
+                 UPDATE comments SET ",
+            $effect,
+            " WHERE id = $3 AND EXISTS (SELECT 1 FROM claimed) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM claimed)"
+        )
+    };
+}
+
+fn applied(claimed: bool) -> Applied {
+    if claimed {
+        Applied::Done
+    } else {
+        Applied::Duplicate
+    }
 }
 
 /// The spam check's effect: stores the verdict and moves a pending comment to `published`
@@ -230,35 +249,27 @@ pub async fn apply_spam_verdict(
     is_spam: bool,
     spam_score: f64,
 ) -> Result<Applied, sqlx::Error> {
-    let mut tx = pool
-        .begin()
-        .instrument(client_span_without_collection("BEGIN"))
-        .await?;
-    if !claim_message(&mut tx, consumer, message_id).await? {
-        return Ok(Applied::Duplicate);
-    }
-    sqlx::query(
-        "UPDATE comments SET spam_verdict = $2, spam_score = $3, \
-                status = CASE WHEN status = 'pending' THEN $4 ELSE status END, \
-                moderated_at = COALESCE(moderated_at, now()) \
-         WHERE id = $1",
-    )
+    sqlx::query_scalar(once_per_message!(
+        "spam_verdict = $4, spam_score = $5, \
+         status = CASE WHEN status = 'pending' THEN $6 ELSE status END, \
+         moderated_at = COALESCE(moderated_at, now())"
+    ))
+    .bind(consumer)
+    .bind(message_id)
     .bind(comment)
     .bind(if is_spam { "spam" } else { "ham" })
     .bind(spam_score)
     .bind(if is_spam { "rejected" } else { "published" })
-    .execute(&mut *tx)
+    .fetch_one(pool)
+    // Named after the effect; the inbox row rides in the same statement.
     .instrument(client_span("UPDATE", "comments"))
-    .await?;
-    tx.commit()
-        .instrument(client_span_without_collection("COMMIT"))
-        .await?;
-    Ok(Applied::Done)
+    .await
+    .map(applied)
 }
 
-/// The sentiment check's effect: stores the score and its label together with the inbox row of
-/// `message_id`, in one transaction. It does not touch the status, so it may land before or
-/// after the spam verdict.
+/// The sentiment check's effect: stores the score, its label and when it landed together with
+/// the inbox row of `message_id`, in one transaction. It does not touch the status, so it may
+/// land before or after the spam verdict.
 pub async fn apply_sentiment(
     pool: &PgPool,
     consumer: &str,
@@ -267,24 +278,18 @@ pub async fn apply_sentiment(
     score: f64,
     label: SentimentLabel,
 ) -> Result<Applied, sqlx::Error> {
-    let mut tx = pool
-        .begin()
-        .instrument(client_span_without_collection("BEGIN"))
-        .await?;
-    if !claim_message(&mut tx, consumer, message_id).await? {
-        return Ok(Applied::Duplicate);
-    }
-    sqlx::query("UPDATE comments SET sentiment_score = $2, sentiment_label = $3 WHERE id = $1")
-        .bind(comment)
-        .bind(score.clamp(-1.0, 1.0))
-        .bind(label.as_str())
-        .execute(&mut *tx)
-        .instrument(client_span("UPDATE", "comments"))
-        .await?;
-    tx.commit()
-        .instrument(client_span_without_collection("COMMIT"))
-        .await?;
-    Ok(Applied::Done)
+    sqlx::query_scalar(once_per_message!(
+        "sentiment_score = $4, sentiment_label = $5, scored_at = now()"
+    ))
+    .bind(consumer)
+    .bind(message_id)
+    .bind(comment)
+    .bind(score.clamp(-1.0, 1.0))
+    .bind(label.as_str())
+    .fetch_one(pool)
+    .instrument(client_span("UPDATE", "comments"))
+    .await
+    .map(applied)
 }
 
 /// The moderation status of comment `id`, if it exists.

@@ -6,12 +6,18 @@
 //! machine, 16 clients inserting rows managed about 5,000 commits/s plain and about 1,600 with
 //! an in-transaction `NOTIFY` (pgbench). So the writer commits first and then asks the
 //! [`OutboxWaker`], which sends `NOTIFY outbox` in a transaction of its own with at most one in
-//! flight per process: a burst of commits costs one or two notifications, not one each.
+//! flight per process, and then pauses for [`WAKE_SPACING`]: a burst of commits costs one
+//! notification per pause, not one each. The pause matters because a notifying transaction
+//! takes a transaction id, so each notification is a commit and a WAL flush of its own; sent
+//! back to back under load they were a flush for every few comments. The relay drains whole
+//! batches once awake, so the pause adds at most [`WAKE_SPACING`] to a comment's way to the
+//! broker.
 //!
 //! Nothing depends on a notification arriving: a wake-up lost with a crashed process only
 //! delays the event until the relay's next poll (`RELAY_POLL_INTERVAL_MS`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use platform_db::client_span_without_collection;
 use sqlx::PgPool;
@@ -20,6 +26,9 @@ use tracing::Instrument;
 
 /// The channel the relay listens on.
 pub const CHANNEL: &str = "outbox";
+
+/// The least time between two notifications from one process.
+pub const WAKE_SPACING: Duration = Duration::from_millis(10);
 
 /// Coalesces wake-ups into `NOTIFY outbox`. Cheap to clone; clones share one sender task.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +57,8 @@ impl OutboxWaker {
                 if let Err(e) = crate::untraced(notify(&pool)).await {
                     tracing::debug!(message = "Could not wake the relay; it will poll.", error = %e);
                 }
+                // Wake-ups asked for meanwhile leave their permit and fold into the next one.
+                tokio::time::sleep(WAKE_SPACING).await;
             }
         })
     }

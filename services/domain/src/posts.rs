@@ -29,10 +29,18 @@ pub struct PostSummary {
     pub title: String,
     pub author: String,
     pub created_at: OffsetDateTime,
-    /// With `version`, what HTTP validators of a listing derive from.
     pub updated_at: OffsetDateTime,
+    /// Bumped by every edit; with the ids and `comment_count`, what the listing's `ETag` derives
+    /// from.
     pub version: i32,
     pub comment_count: i64,
+    /// When what the listing shows of the post last changed: its last edit, or the publication
+    /// of its newest published comment (which moved `comment_count`). Views are approximate and
+    /// left out, as they are of the `ETag`.
+    ///
+    /// Not optional, so a cached page of an older shape, without it, is unreadable and counts
+    /// as a miss rather than being read as "never commented".
+    pub last_modified: OffsetDateTime,
     pub views: i64,
 }
 
@@ -42,6 +50,14 @@ pub struct Page {
     pub items: Vec<PostSummary>,
     /// Pass as `before` to get the next page; `None` on the last page.
     pub next_cursor: Option<PostId>,
+}
+
+impl Page {
+    /// The page's `Last-Modified`: the latest change of any post on it. A post arriving on the
+    /// page is newer than any before it, so it moves this too. `None` for an empty page.
+    pub fn last_modified(&self) -> Option<OffsetDateTime> {
+        self.items.iter().map(|p| p.last_modified).max()
+    }
 }
 
 /// Why a post could not be edited.
@@ -167,15 +183,21 @@ async fn get_in<'e>(
 /// Newest posts first, `limit` per page, starting below `before` when given.
 ///
 /// Keyset pagination: each page is an index range scan below the cursor, so page 1,000 costs
-/// what page 1 does (OFFSET would read and discard every row before it).
+/// what page 1 does (OFFSET would read and discard every row before it). Each post's comment
+/// count and newest publication time come from one pass over the index of its published
+/// comments.
 pub async fn list(pool: &PgPool, before: Option<PostId>, limit: u32) -> Result<Page, sqlx::Error> {
     let limit = limit.clamp(1, 100);
+    // `greatest` ignores NULL: a post without published comments was last changed by its edit.
+    // Only the spam verdict publishes, and it sets `moderated_at`.
     let mut items: Vec<PostSummary> = sqlx::query_as(
         "SELECT p.id, p.title, u.username AS author, p.created_at, p.updated_at, p.version, \
-                p.views, \
-                (SELECT count(*) FROM comments c \
-                  WHERE c.post_id = p.id AND c.status = 'published') AS comment_count \
+                p.views, c.comment_count, \
+                greatest(p.updated_at, c.last_published_at) AS last_modified \
          FROM posts p JOIN users u ON u.id = p.author_id \
+         CROSS JOIN LATERAL ( \
+             SELECT count(*) AS comment_count, max(moderated_at) AS last_published_at \
+             FROM comments WHERE post_id = p.id AND status = 'published') c \
          WHERE $1::BIGINT IS NULL OR p.id < $1 \
          ORDER BY p.id DESC LIMIT $2",
     )

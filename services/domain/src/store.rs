@@ -272,18 +272,19 @@ impl Store {
         }
     }
 
-    /// Counts a view of `post` in Redis (write-behind). `CACHE_ENABLED=false` turns off read
-    /// caching only: counting views with an UPDATE per read would measure a different design,
-    /// not the same one without a cache. A view that cannot be counted is dropped, never an
-    /// error for the reader.
-    pub async fn record_view(&self, post: PostId) {
-        if let Err(e) = self.views.incr(&post.to_string(), 1).await {
-            tracing::debug!(message = "A view was not counted.", post_id = post.0, error = %e);
-        }
+    /// Counts a view of `post` (write-behind): a tally in this process, pushed to Redis and on
+    /// to Postgres by [`Store::flush_views`]. `CACHE_ENABLED=false` turns off read caching
+    /// only: counting views with an UPDATE per read would measure a different design, not the
+    /// same one without a cache. Costs the reader no I/O, so a slow Redis cannot slow a read.
+    pub fn record_view(&self, post: PostId) {
+        self.views.add(&post.to_string(), 1);
     }
 
-    /// Moves the pending view counts from Redis into Postgres; returns how many posts changed.
+    /// Pushes this process's view counts to Redis, then moves every process's pending counts
+    /// from Redis into Postgres; returns how many posts changed. Counts whose push fails wait
+    /// in the process for the next flush.
     pub async fn flush_views(&self) -> Result<usize, FlushError> {
+        self.views.push().await?;
         let pending = self.views.take().await?;
         let counts: Vec<(PostId, i64)> = pending
             .into_iter()

@@ -171,3 +171,40 @@ async fn a_burst_of_wake_ups_sends_one_notification() {
     let again = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
     assert!(matches!(again, Ok(Ok(_))));
 }
+
+/// Under steady load each notification is a commit of its own, so they are spaced: a commit
+/// every millisecond for 200 ms wakes the relay about once per `WAKE_SPACING`, not 200 times.
+#[tokio::test]
+async fn steady_wake_ups_are_spaced() {
+    use domain::outbox::{CHANNEL, OutboxWaker, WAKE_SPACING};
+    use std::time::{Duration, Instant};
+
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(CHANNEL).await.unwrap();
+    let waker = OutboxWaker::new();
+    let _sender = waker.spawn(db.pool.clone());
+    let started = Instant::now();
+    let producer = tokio::spawn({
+        let waker = waker.clone();
+        async move {
+            while started.elapsed() < Duration::from_millis(200) {
+                waker.wake();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let mut received = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await {
+        received += 1;
+    }
+    producer.await.unwrap();
+    let most = (started.elapsed().as_millis() / WAKE_SPACING.as_millis()) as usize + 1;
+    assert!(received >= 2, "steady commits keep waking the relay");
+    assert!(
+        received <= most,
+        "{received} notifications, at most {most} expected"
+    );
+}

@@ -118,3 +118,81 @@ async fn an_edit_based_on_a_stale_version_is_refused_and_writes_nothing() {
         "first edit"
     );
 }
+
+#[tokio::test]
+async fn publishing_moves_the_listings_change_time_and_scoring_moves_the_comments() {
+    use comments::{Applied, SentimentLabel};
+    use uuid::Uuid;
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let author = users::create(&db.pool, &Username::parse("ada").unwrap(), "hash")
+        .await
+        .unwrap();
+    let post = posts::create(
+        &db.pool,
+        author,
+        &PostTitle::parse("t").unwrap(),
+        &PostBody::parse("b").unwrap(),
+    )
+    .await
+    .unwrap();
+    let pool = &db.pool;
+    let listed = || async { posts::list(pool, None, 20).await.unwrap() };
+    let created = listed().await;
+    assert_eq!(created.items[0].last_modified, created.items[0].updated_at);
+    assert_eq!(created.last_modified(), Some(created.items[0].updated_at));
+
+    let submit = |text: &'static str| async move {
+        comments::submit(pool, post, author, &CommentBody::parse(text).unwrap())
+            .await
+            .unwrap()
+    };
+    let ham = submit("ham").await;
+    let spam = submit("spam").await;
+    comments::apply_spam_verdict(&db.pool, "spam", Uuid::new_v4(), spam, true, 0.99)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed().await.last_modified(),
+        created.last_modified(),
+        "neither a pending nor a rejected comment is counted, so neither changes the listing"
+    );
+
+    comments::apply_spam_verdict(&db.pool, "spam", Uuid::new_v4(), ham, false, 0.01)
+        .await
+        .unwrap();
+    let published_at: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT moderated_at FROM comments WHERE id = $1")
+            .bind(ham)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let published = listed().await;
+    assert_eq!(published.items[0].comment_count, 1);
+    assert_eq!(published.items[0].updated_at, created.items[0].updated_at);
+    assert_eq!(published.last_modified(), Some(published_at));
+    assert!(published_at > created.items[0].updated_at);
+    let visible = comments::list_visible(&db.pool, post).await.unwrap();
+    assert_eq!(comments::last_changed(&visible), Some(published_at));
+
+    let scored = comments::apply_sentiment(
+        &db.pool,
+        "sentiment",
+        Uuid::new_v4(),
+        ham,
+        0.5,
+        SentimentLabel::Positive,
+    )
+    .await
+    .unwrap();
+    assert_eq!(scored, Applied::Done);
+    let visible = comments::list_visible(&db.pool, post).await.unwrap();
+    assert!(
+        visible[0].changed_at > published_at,
+        "the score landed later"
+    );
+    assert_eq!(
+        listed().await.last_modified(),
+        Some(published_at),
+        "the listing shows no sentiment"
+    );
+}

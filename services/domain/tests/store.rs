@@ -118,13 +118,13 @@ async fn an_edit_is_in_the_cache_before_the_write_returns() {
 }
 
 #[tokio::test]
-async fn views_are_counted_in_redis_and_reach_postgres_when_flushed() {
+async fn views_are_counted_write_behind_and_reach_postgres_when_flushed() {
     let db = TestDatabase::create(&domain::MIGRATOR).await;
     let redis = TestRedis::new();
     let (_, post) = author_and_post(&db).await;
     let store = store(db_settings(&db, vec![]), &redis.settings);
     for _ in 0..3 {
-        store.record_view(post).await;
+        store.record_view(post);
     }
     let before: i64 = sqlx::query_scalar("SELECT views FROM posts WHERE id = $1")
         .bind(post)

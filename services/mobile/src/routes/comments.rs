@@ -59,9 +59,11 @@ pub(super) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let id = PostId(path_id(&path, "The post")?);
     let seen = auth::last_write(&state, &req).await;
-    if state.store.post(id, seen).await?.is_none() {
-        return Err(ApiError::NotFound("The post"));
-    }
+    let post = state
+        .store
+        .post(id, seen)
+        .await?
+        .ok_or(ApiError::NotFound("The post"))?;
     let visible = state.store.visible_comments(id, seen).await?;
     // Comments change by being published (ids) and by being scored (sentiment).
     let mut fingerprint = Fingerprint::new("api-comments").part(id);
@@ -71,8 +73,13 @@ pub(super) async fn list(
             .part(c.sentiment_label.as_deref().unwrap_or("-"))
             .part(c.sentiment_score.unwrap_or(f64::NAN));
     }
+    // The list changes only by those two, and was empty from the post's creation until its
+    // first comment was published.
+    let last_modified = comments::last_changed(&visible)
+        .map_or(post.created_at, |changed| changed.max(post.created_at));
     let cache = CacheHeaders::new(auth::read_policy(&state, &req))
         .etag(&fingerprint)
+        .last_modified(last_modified)
         .vary(VARY_CREDENTIALS);
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);

@@ -146,8 +146,10 @@ pub(super) async fn list(
     let mut cache = CacheHeaders::new(auth::read_policy(&state, &req))
         .etag(&fingerprint)
         .vary(VARY_CREDENTIALS);
-    if let Some(newest) = page.items.iter().map(|p| p.updated_at).max() {
-        cache = cache.last_modified(newest);
+    // Moved by the same changes as the ETag, so a client revalidating by date alone is not told
+    // a page with a new comment count is unchanged.
+    if let Some(last_modified) = page.last_modified() {
+        cache = cache.last_modified(last_modified);
     }
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);
@@ -185,9 +187,7 @@ pub(super) async fn show(
         .post(id, seen)
         .await?
         .ok_or(ApiError::NotFound("The post"))?;
-    // Counted off the request path: a slow Redis must not slow the read.
-    let store = state.store.clone();
-    actix_web::rt::spawn(async move { store.record_view(id).await });
+    state.store.record_view(id);
     let cache = post_cache(&post, auth::read_policy(&state, &req));
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);

@@ -43,6 +43,12 @@ async fn invalid_registrations_name_every_bad_field_and_store_nothing() {
     );
     let (_, kind, _) = problem(app.register("ada", &"p".repeat(129)).await).await;
     assert_eq!(kind, "validation");
+    let (status, kind, body) = problem(app.register(&"a".repeat(33), PASSWORD).await).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation")
+    );
+    assert_eq!(body["errors"][0]["field"], "username");
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&app.db.pool)
         .await

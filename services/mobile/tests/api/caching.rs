@@ -1,3 +1,6 @@
+use std::time::{Duration, SystemTime};
+
+use domain::comments::SentimentLabel;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::json;
@@ -10,6 +13,14 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} is set"))
         .to_str()
         .unwrap()
+}
+
+/// A header's HTTP date as a time, so two dates can be ordered.
+fn http_date(value: &str) -> SystemTime {
+    value
+        .parse::<actix_web::http::header::HttpDate>()
+        .expect("an HTTP date")
+        .into()
 }
 
 #[tokio::test]
@@ -40,22 +51,22 @@ async fn a_conditional_get_is_304_until_an_edit_changes_the_etag() {
     let etag = header(first.headers(), "etag").to_owned();
     let last_modified = header(first.headers(), "last-modified").to_owned();
 
-    let cached = app.get_if_none_match(&path, &etag).await;
-    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(header(cached.headers(), "etag"), etag);
-    assert!(header(cached.headers(), "cache-control").starts_with("public"));
-    assert!(
-        cached.bytes().await.unwrap().is_empty(),
-        "a 304 has no body"
-    );
-    let by_date = app
-        .client
-        .get(app.url(&path))
-        .header("if-modified-since", &last_modified)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_date.status(), StatusCode::NOT_MODIFIED);
+    // A 304 carries the headers the 200 would have, so a cache can refresh its stored copy.
+    for cached in [
+        app.get_if_none_match(&path, &etag).await,
+        app.get_if_modified_since(&path, &last_modified).await,
+    ] {
+        assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+        let headers = cached.headers();
+        assert_eq!(header(headers, "etag"), etag);
+        assert_eq!(header(headers, "vary"), "Authorization, Cookie");
+        assert!(header(headers, "cache-control").starts_with("public, max-age="));
+        assert_eq!(header(headers, "last-modified"), last_modified);
+        assert!(
+            cached.bytes().await.unwrap().is_empty(),
+            "a 304 has no body"
+        );
+    }
 
     let edit = json!({ "title": "Edited", "body": "Body" });
     let edited = app.put_json(&path, &edit, Some(&token)).await;
@@ -93,31 +104,58 @@ async fn the_listing_revalidates_until_a_post_arrives_or_a_comment_is_published(
     assert_eq!(after_post.status(), StatusCode::OK);
     let etag = header(after_post.headers(), "etag").to_owned();
 
-    let comment: serde_json::Value = app
-        .post_json(
-            &format!("/posts/{id}/comments"),
-            &json!({ "body": "hi" }),
-            Some(&token),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let comment = app.comment(&token, id, "hi").await;
     assert_eq!(
         app.get_if_none_match("/posts", &etag).await.status(),
         StatusCode::NOT_MODIFIED,
         "a pending comment changes nothing visible"
     );
-    sqlx::query("UPDATE comments SET status = 'published' WHERE id = $1")
-        .bind(comment["id"].as_i64().unwrap())
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    app.comments_changed(id).await;
+    app.publish_comment(id, comment).await;
     assert_eq!(
         app.get_if_none_match("/posts", &etag).await.status(),
         StatusCode::OK,
         "the comment count changed"
+    );
+}
+
+#[tokio::test]
+async fn the_listing_answers_if_modified_since_until_a_comment_on_it_is_published() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "One", "Body").await;
+    let first = app.get("/posts", None).await;
+    let last_modified = header(first.headers(), "last-modified").to_owned();
+    let cached = app.get_if_modified_since("/posts", &last_modified).await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    assert!(
+        cached.bytes().await.unwrap().is_empty(),
+        "a 304 has no body"
+    );
+
+    // HTTP dates have whole seconds: publish in a later one than the date the client holds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let comment = app.comment(&token, id, "hi").await;
+    assert_eq!(
+        app.get_if_modified_since("/posts", &last_modified)
+            .await
+            .status(),
+        StatusCode::NOT_MODIFIED,
+        "a pending comment changes nothing visible"
+    );
+    app.publish_comment(id, comment).await;
+    let fresh = app.get_if_modified_since("/posts", &last_modified).await;
+    assert_eq!(
+        fresh.status(),
+        StatusCode::OK,
+        "the comment count changed, so the page was modified"
+    );
+    let newer = header(fresh.headers(), "last-modified").to_owned();
+    assert!(http_date(&newer) > http_date(&last_modified), "{newer}");
+    let page: serde_json::Value = fresh.json().await.unwrap();
+    assert_eq!(page["items"][0]["comment_count"], 1);
+    assert_eq!(
+        app.get_if_modified_since("/posts", &newer).await.status(),
+        StatusCode::NOT_MODIFIED
     );
 }
 
@@ -163,6 +201,52 @@ async fn the_comment_list_answers_304_while_nothing_is_published() {
         app.get_if_none_match(&path, &etag).await.status(),
         StatusCode::NOT_MODIFIED
     );
+}
+
+#[tokio::test]
+async fn the_comment_list_answers_if_modified_since_until_a_comment_is_published_or_scored() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let id = app.create_post(&token, "Post", "Body").await;
+    let path = format!("/posts/{id}/comments");
+    let empty = app.get(&path, None).await;
+    let since_created = header(empty.headers(), "last-modified").to_owned();
+    let cached = app.get_if_modified_since(&path, &since_created).await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    assert!(
+        cached.bytes().await.unwrap().is_empty(),
+        "a 304 has no body"
+    );
+
+    // Each change lands in a later second than the date the client holds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let comment = app.comment(&token, id, "Lovely").await;
+    app.publish_comment(id, comment).await;
+    let published = app.get_if_modified_since(&path, &since_created).await;
+    assert_eq!(
+        published.status(),
+        StatusCode::OK,
+        "a comment was published"
+    );
+    let since_published = header(published.headers(), "last-modified").to_owned();
+    assert!(http_date(&since_published) > http_date(&since_created));
+    let list: serde_json::Value = published.json().await.unwrap();
+    assert_eq!(list["items"][0]["id"], comment);
+    assert!(list["items"][0]["sentiment"].is_null());
+    assert_eq!(
+        app.get_if_modified_since(&path, &since_published)
+            .await
+            .status(),
+        StatusCode::NOT_MODIFIED
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.score_comment(id, comment, 0.6, SentimentLabel::Positive)
+        .await;
+    let scored = app.get_if_modified_since(&path, &since_published).await;
+    assert_eq!(scored.status(), StatusCode::OK, "the comment was scored");
+    let list: serde_json::Value = scored.json().await.unwrap();
+    assert_eq!(list["items"][0]["sentiment"]["label"], "positive");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
-use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{problem, spawn_app, spawn_app_with};
+use crate::helpers::{PASSWORD, problem, spawn_app, spawn_app_with};
 
 /// Posts a raw body with a content type to `/posts` as a signed-in user.
 async fn raw_post(
@@ -93,6 +93,68 @@ async fn malformed_json_an_unknown_field_a_wrong_shape_and_a_wrong_type_each_hav
         .await
         .unwrap();
     assert_eq!(posts, 0);
+}
+
+#[tokio::test]
+async fn every_json_route_refuses_an_unknown_field_and_writes_nothing() {
+    let app = spawn_app().await;
+    let token = app.user("ada").await;
+    let post = app.create_post(&token, "Post", "Body").await;
+    let cases = [
+        (
+            Method::POST,
+            "/auth/register".to_owned(),
+            json!({ "username": "grace", "password": PASSWORD, "admin": true }),
+            "admin",
+        ),
+        (
+            Method::POST,
+            "/auth/login".to_owned(),
+            json!({ "username": "ada", "password": PASSWORD, "remember": true }),
+            "remember",
+        ),
+        (
+            Method::PUT,
+            format!("/posts/{post}"),
+            json!({ "title": "Edited", "body": "Body", "author": "grace" }),
+            "author",
+        ),
+        (
+            Method::POST,
+            format!("/posts/{post}/comments"),
+            json!({ "body": "hi", "status": "published" }),
+            "status",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, kind, problem) = problem(response).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::BAD_REQUEST, "unknown-field"),
+            "{method} {path}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{method} {path}: {problem}"
+        );
+    }
+    let written: (i64, i64, i32) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM comments), \
+                (SELECT version FROM posts WHERE id = $1)",
+    )
+    .bind(post)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(written, (1, 0, 1), "no user, comment or edit was written");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! and a client that speaks to it the way a phone does. `spawn_web` starts the web service
 //! beside it on the same database and prefix, for the session-sharing tests.
 
+use domain::comments::{self, CommentId, SentimentLabel};
 use platform_testing::{TestDatabase, TestRedis};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::{Response, StatusCode, redirect};
@@ -31,6 +32,45 @@ impl TestApp {
         )
         .unwrap();
         store.comments_changed(domain::PostId(post)).await;
+    }
+
+    /// What the spam worker does with a ham verdict: publishes comment `id` of `post` the way
+    /// the pipeline does (with its moderation time), then tells the cache.
+    pub(crate) async fn publish_comment(&self, post: i64, id: i64) {
+        let applied = comments::apply_spam_verdict(
+            &self.db.pool,
+            "spam",
+            uuid::Uuid::new_v4(),
+            CommentId(id),
+            false,
+            0.0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(applied, comments::Applied::Done);
+        self.comments_changed(post).await;
+    }
+
+    /// What the sentiment worker does: scores comment `id` of `post`, then tells the cache.
+    pub(crate) async fn score_comment(
+        &self,
+        post: i64,
+        id: i64,
+        score: f64,
+        label: SentimentLabel,
+    ) {
+        let applied = comments::apply_sentiment(
+            &self.db.pool,
+            "sentiment",
+            uuid::Uuid::new_v4(),
+            CommentId(id),
+            score,
+            label,
+        )
+        .await
+        .unwrap();
+        assert_eq!(applied, comments::Applied::Done);
+        self.comments_changed(post).await;
     }
 }
 
@@ -104,6 +144,16 @@ impl TestApp {
             .expect("the request is answered")
     }
 
+    /// A conditional GET with `If-Modified-Since: date`.
+    pub(crate) async fn get_if_modified_since(&self, path: &str, date: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("if-modified-since", date)
+            .send()
+            .await
+            .expect("the request is answered")
+    }
+
     pub(crate) async fn post_json(
         &self,
         path: &str,
@@ -153,6 +203,22 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.unwrap();
         body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits a comment on `post` as the holder of `token`; returns its id. It is pending
+    /// until [`TestApp::publish_comment`].
+    pub(crate) async fn comment(&self, token: &str, post: i64, body: &str) -> i64 {
+        let response = self
+            .post_json(
+                &format!("/posts/{post}/comments"),
+                &json!({ "body": body }),
+                Some(token),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Creates a post as the holder of `token`; returns its id.

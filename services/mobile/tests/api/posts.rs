@@ -83,6 +83,15 @@ async fn writing_a_post_needs_a_token_and_valid_fields() {
     )
     .await;
     assert_eq!(kind, "validation");
+    let long_title = json!({ "title": "t".repeat(201), "body": "b" });
+    let (status, kind, body) =
+        problem(app.post_json("/posts", &long_title, Some(&token)).await).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation")
+    );
+    assert_eq!(body["errors"][0]["field"], "title");
+    assert_eq!(body["errors"].as_array().unwrap().len(), 1, "{body}");
     let posts: i64 = sqlx::query_scalar("SELECT count(*) FROM posts")
         .fetch_one(&app.db.pool)
         .await

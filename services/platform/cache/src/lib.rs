@@ -11,8 +11,8 @@
 //! - [`Cache`]: the patterns. [`Cache::get_or_load`] is cache-aside with single flight and
 //!   negative caching; [`Cache::put`] is write-through; [`Cache::invalidate`] removes entries.
 //! - [`ReadThrough`]: a cache with its loader registered, so callers only ever ask the cache.
-//! - [`counter::WriteBehindCounter`]: counts kept in Redis and flushed to the database in
-//!   batches.
+//! - [`counter::WriteBehindCounter`]: counts tallied in the process, pushed to Redis and
+//!   flushed to the database in batches.
 //! - [`Kind`]: a kind of entry with its TTL and its hit, miss and error counters.
 
 pub mod circuit;
@@ -54,8 +54,9 @@ pub struct CacheSettings {
     pub cache_circuit_failures: u32,
     /// `CACHE_CIRCUIT_COOLDOWN_MS`: how long an open circuit skips Redis before probing it.
     pub cache_circuit_cooldown_ms: u64,
-    /// `CACHE_FLUSH_INTERVAL_MS`: how often write-behind counts (post views) reach Postgres;
-    /// at most this much counting is lost if Redis dies.
+    /// `CACHE_FLUSH_INTERVAL_MS`: how often write-behind counts (post views) move from each
+    /// process to Redis and on to Postgres; at most this much counting is lost if a process is
+    /// killed or Redis dies.
     pub cache_flush_interval_ms: u64,
 }
 

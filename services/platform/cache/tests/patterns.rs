@@ -254,10 +254,37 @@ async fn write_behind_counts_are_taken_whole_and_only_once() {
     let redis = TestRedis::new();
     let counter = WriteBehindCounter::new(Redis::connect(&redis.settings).unwrap(), "views");
     for field in ["1", "1", "2", "1"] {
-        counter.incr(field, 1).await.unwrap();
+        counter.add(field, 1);
     }
+    assert_eq!(counter.unpushed(), 4);
+    assert!(
+        counter.take().await.unwrap().is_empty(),
+        "counts stay in the process until pushed"
+    );
+    assert_eq!(counter.push().await.unwrap(), 2, "one entry per field");
+    assert_eq!(counter.unpushed(), 0);
+    // Another process's counts meet this one's in the same hash.
+    let other = WriteBehindCounter::new(Redis::connect(&redis.settings).unwrap(), "views");
+    other.add("2", 5);
+    other.push().await.unwrap();
     let mut taken = counter.take().await.unwrap();
     taken.sort();
-    assert_eq!(taken, vec![("1".to_owned(), 3), ("2".to_owned(), 1)]);
+    assert_eq!(taken, vec![("1".to_owned(), 3), ("2".to_owned(), 6)]);
     assert!(counter.take().await.unwrap().is_empty());
+}
+
+/// Redis being away loses no counts: a push that fails puts them back for the next one.
+#[tokio::test]
+async fn a_failed_push_keeps_the_counts_for_the_next() {
+    let unreachable = Redis::connect(&RedisSettings {
+        redis_url: Secret::new("redis://127.0.0.1:1"),
+        redis_timeout_ms: 200,
+        ..RedisSettings::default()
+    })
+    .unwrap();
+    let counter = WriteBehindCounter::new(unreachable, "views");
+    counter.add("7", 2);
+    assert!(counter.push().await.is_err());
+    counter.add("7", 1);
+    assert_eq!(counter.unpushed(), 3);
 }

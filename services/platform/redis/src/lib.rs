@@ -12,13 +12,21 @@
 //! several deployments can share one Redis without seeing each other's keys.
 //!
 //! Every command runs in a [`client_span`], so traces show each round trip to Redis.
+//!
+//! # Layout
+//! - [`Redis`]: the pool and the key prefix; [`RedisSettings`] its configuration.
+//! - [`Connection`] (in `connection.rs`): a pooled connection that leaves the pool without a
+//!   round trip while in steady use, and never goes back to it once broken.
+
+mod connection;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use connection::Connection;
+use connection::{Manager, Pool};
 pub use deadpool_redis::redis;
 use deadpool_redis::redis::AsyncConnectionConfig;
-use deadpool_redis::{Manager, Pool, Runtime};
 use platform_config::Secret;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -53,6 +61,11 @@ pub struct RedisSettings {
     pub redis_timeout_ms: u64,
     /// `REDIS_KEY_PREFIX`: put in front of every key this process reads or writes.
     pub redis_key_prefix: String,
+    /// `REDIS_CHECK_IDLE_MS`: a pooled connection unused for longer than this is checked with
+    /// a `PING` round trip before it goes out again; one in steady use is not, and one whose
+    /// command failed is closed instead of returned. `0` checks at every checkout, as
+    /// deadpool-redis does on its own.
+    pub redis_check_idle_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -62,6 +75,7 @@ impl Default for RedisSettings {
             redis_pool_size: 16,
             redis_timeout_ms: 250,
             redis_key_prefix: "scaleout:".to_owned(),
+            redis_check_idle_ms: 5_000,
         }
     }
 }
@@ -75,7 +89,7 @@ pub enum RedisError {
     InvalidUrl(#[source] redis::RedisError),
     /// No pooled connection could be had within the timeout.
     #[error("no Redis connection available")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] deadpool::managed::PoolError<redis::RedisError>),
     /// A command failed or timed out.
     #[error("Redis command failed")]
     Command(#[from] redis::RedisError),
@@ -104,14 +118,16 @@ impl Redis {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        let manager = Manager::new_with_config(settings.redis_url.expose(), connection)
-            .map_err(RedisError::InvalidUrl)?;
-        let pool = Pool::builder(manager)
+        let manager =
+            deadpool_redis::Manager::new_with_config(settings.redis_url.expose(), connection)
+                .map_err(RedisError::InvalidUrl)?;
+        let check_idle_after = Duration::from_millis(settings.redis_check_idle_ms);
+        let pool = Pool::builder(Manager::new(manager, check_idle_after))
             .max_size(settings.redis_pool_size)
             .wait_timeout(timeout)
             .create_timeout(timeout)
             .recycle_timeout(timeout)
-            .runtime(Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so building the pool cannot fail");
         Ok(Self {
@@ -121,8 +137,8 @@ impl Redis {
     }
 
     /// A connection from the pool, within the configured timeout.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        Ok(self.pool.get().await?)
+    pub async fn conn(&self) -> Result<Connection, RedisError> {
+        Ok(Connection::new(self.pool.get().await?))
     }
 
     /// The full key for `name`: the configured prefix followed by `name`.
@@ -179,6 +195,69 @@ mod tests {
         assert!(redis.ping().await.is_err());
         // Generous bound: it proves a timeout exists, not its precision on a busy machine.
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    fn single_connection() -> Redis {
+        Redis::connect(&RedisSettings {
+            redis_pool_size: 1,
+            ..RedisSettings::default()
+        })
+        .unwrap()
+    }
+
+    async fn client_id(redis: &Redis) -> i64 {
+        let mut conn = redis.conn().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// `CLIENT LIST` of one connection, asked over another.
+    async fn describe_client(id: i64) -> String {
+        let observer = Redis::connect(&RedisSettings::default()).unwrap();
+        let mut conn = observer.conn().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// A connection in steady use goes out again without a check: after its second checkout,
+    /// the last command the server saw from it is still the caller's own.
+    #[tokio::test]
+    async fn a_connection_in_steady_use_leaves_the_pool_without_a_round_trip() {
+        let redis = single_connection();
+        let id = client_id(&redis).await;
+        let again = redis.conn().await.unwrap();
+        let described = describe_client(id).await;
+        assert!(described.contains("cmd=client|id"), "{described}");
+        drop(again);
+        assert_eq!(client_id(&redis).await, id, "the one connection is reused");
+    }
+
+    /// A connection the server closed fails at most the command that finds it closed; it is
+    /// not put back, and the next command runs on a new connection.
+    #[tokio::test]
+    async fn a_broken_connection_is_replaced() {
+        let redis = single_connection();
+        let id = client_id(&redis).await;
+        let observer = Redis::connect(&RedisSettings::default()).unwrap();
+        let mut conn = observer.conn().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let _finds_it_closed = redis.ping().await;
+        redis.ping().await.unwrap();
+        assert_ne!(client_id(&redis).await, id);
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub(super) async fn home(
             .part(item.comment_count);
     }
     let fingerprint = fingerprint.part(page.next_cursor.map(|c| c.0).unwrap_or(0));
-    let newest = page.items.iter().map(|p| p.updated_at).max();
-    let cache = readable_page_cache(&state, &viewer, fingerprint, newest);
+    // Moved by edits, arrivals and published comments alike (see `Page::last_modified`).
+    let cache = readable_page_cache(&state, &viewer, fingerprint, page.last_modified());
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);
     }
@@ -97,9 +97,7 @@ pub(super) async fn show_post(
         .await?
         .ok_or(PageError::NotFound)?;
     let comments = state.store.visible_comments(id, seen).await?;
-    // Counted off the request path: a slow Redis must not slow the page.
-    let store = state.store.clone();
-    actix_web::rt::spawn(async move { store.record_view(id).await });
+    state.store.record_view(id);
     let comment_pending = req.query_string().contains("comment=pending");
     // The post changes by edits (version); its comments by being published (ids) and scored
     // (sentiment). View counts are approximate and left out (see `domain::store`).
@@ -112,7 +110,10 @@ pub(super) async fn show_post(
             .part(c.id)
             .part(c.sentiment_label.as_deref().unwrap_or("-"));
     }
-    let cache = readable_page_cache(&state, &viewer, fingerprint, Some(post.updated_at));
+    // The page changes when the post is edited and when a comment is published or scored.
+    let last_modified = domain::comments::last_changed(&comments)
+        .map_or(post.updated_at, |changed| changed.max(post.updated_at));
+    let cache = readable_page_cache(&state, &viewer, fingerprint, Some(last_modified));
     if let Some(not_modified) = cache.not_modified(&req) {
         return Ok(not_modified);
     }

@@ -1,8 +1,11 @@
 //! HTTP caching of the pages anyone can read, and of the stylesheet.
 
-use domain::{PostBody, PostTitle, UserId, posts};
+use std::time::Duration;
+
+use domain::{CommentBody, PostBody, PostTitle, UserId, comments, posts};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
+use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
@@ -18,6 +21,15 @@ async fn conditional(app: &TestApp, path: &str, etag: &str) -> reqwest::Response
     app.client
         .get(format!("{}{path}", app.address))
         .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn if_modified_since(app: &TestApp, path: &str, date: &str) -> reqwest::Response {
+    app.client
+        .get(format!("{}{path}", app.address))
+        .header("if-modified-since", date)
         .send()
         .await
         .unwrap()
@@ -90,6 +102,58 @@ async fn anonymous_pages_are_public_with_validators_and_answer_304_until_they_ch
         assert_eq!(fresh.status(), StatusCode::OK, "{path}");
         assert_ne!(header(fresh.headers(), "etag"), stale);
         assert!(fresh.text().await.unwrap().contains("Edited"));
+    }
+}
+
+#[tokio::test]
+async fn anonymous_pages_answer_if_modified_since_until_a_comment_is_published() {
+    // The comment is published straight through the domain, as the spam worker does, around
+    // the application cache (which has its own tests).
+    let app = spawn_app_with(|s| s.app_cache.cache_enabled = false).await;
+    let (location, author) = seed_post(&app).await;
+    let id = domain::PostId(location.rsplit('/').next().unwrap().parse().unwrap());
+    let mut reader = app.visitor();
+    let mut dates = Vec::new();
+    for path in ["/", location.as_str()] {
+        let page = reader.get(path).await;
+        let last_modified = header(page.headers(), "last-modified").to_owned();
+        let cached = if_modified_since(&app, path, &last_modified).await;
+        assert_eq!(cached.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert!(cached.bytes().await.unwrap().is_empty(), "{path}");
+        dates.push((path, last_modified));
+    }
+
+    // HTTP dates have whole seconds: publish in a later one than the dates the client holds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let comment = comments::submit(
+        &app.db.pool,
+        id,
+        author,
+        &CommentBody::parse("A published comment").unwrap(),
+    )
+    .await
+    .unwrap();
+    for (path, last_modified) in &dates {
+        assert_eq!(
+            if_modified_since(&app, path, last_modified).await.status(),
+            StatusCode::NOT_MODIFIED,
+            "a pending comment changes nothing visible on {path}"
+        );
+    }
+    comments::apply_spam_verdict(&app.db.pool, "spam", Uuid::new_v4(), comment, false, 0.0)
+        .await
+        .unwrap();
+    for (path, last_modified) in &dates {
+        let fresh = if_modified_since(&app, path, last_modified).await;
+        assert_eq!(fresh.status(), StatusCode::OK, "{path}");
+        assert_ne!(header(fresh.headers(), "last-modified"), last_modified);
+        let html = fresh.text().await.unwrap();
+        let shown = if *path == "/" {
+            "1 comments"
+        } else {
+            "A published comment"
+        };
+        assert!(html.contains(shown), "{path} shows the comment");
     }
 }
 
