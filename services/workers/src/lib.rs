@@ -10,11 +10,13 @@
 //! # Layout
 //! - [`Settings`], [`SpamSettings`], [`SentimentSettings`]: `BIND`, database, broker,
 //!   `CONSUME_MODE`, `PREFETCH`, `SPAM_THRESHOLD`.
-//! - [`SpamHandler`], [`SentimentHandler`]: one message's work.
+//! - [`SpamHandler`], [`SentimentHandler`]: one message's work; the effects of the messages
+//!   a worker holds at once are written together by a [`batch::Batcher`].
 //! - [`classifier`], the naive Bayes model and its training and evaluation helpers.
 //! - [`sentiment`], VADER.
 //! - [`run_worker`]: what each binary's `main` runs; [`health`]: `/healthz`, `/readyz`.
 
+pub mod batch;
 pub mod classifier;
 pub mod health;
 pub mod sentiment;
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::PostId;
-use domain::comments::{self, Applied, CommentId};
+use domain::comments::{self, Applied, CommentId, SentimentScore, SpamVerdict};
 use domain::store::Store;
 use platform_cache::CacheSettings;
 use platform_db::DbSettings;
@@ -38,6 +40,7 @@ use platform_redis::{Redis, RedisSettings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::batch::{BatchError, Batcher};
 use crate::classifier::SpamModel;
 use crate::sentiment::Sentiment;
 
@@ -180,23 +183,37 @@ fn comment_event(message: &IncomingMessage) -> Result<Envelope<CommentSubmitted>
 }
 
 /// A database failure may pass (a restart, a full pool): retry after the delay.
-fn retry(e: sqlx::Error) -> HandlerError {
-    HandlerError::Retry(format!("the database failed: {e}"))
+fn retry(e: BatchError<sqlx::Error>) -> HandlerError {
+    HandlerError::Retry(format!("writing the effect failed: {e}"))
 }
+
+/// The most effects one statement writes. A batch holds at most the messages the worker has in
+/// hand (`PREFETCH`), so this only bounds a misconfigured prefetch.
+const MAX_BATCH: usize = 256;
+
+type EffectWriter<I> = Batcher<I, Applied, sqlx::Error>;
 
 /// Classifies a comment and publishes or rejects it.
 pub struct SpamHandler {
     store: Store,
+    writer: EffectWriter<SpamVerdict>,
     model: Arc<SpamModel>,
     threshold: f64,
     verdicts: Arc<Verdicts>,
 }
 
 impl SpamHandler {
-    /// Writes through `store`'s primary and invalidates its cache.
+    /// Writes through `store`'s primary and invalidates its cache. Starts its effect writer, so
+    /// it must be called inside the runtime.
     pub fn new(store: Store, model: Arc<SpamModel>, threshold: f64) -> Self {
+        let pool = store.database().primary().clone();
+        let writer = Batcher::spawn(MAX_BATCH, move |batch: Vec<SpamVerdict>| {
+            let pool = pool.clone();
+            async move { comments::apply_spam_verdicts(&pool, SPAM_CONSUMER, &batch).await }
+        });
         Self {
             store,
+            writer,
             model,
             threshold,
             verdicts: Verdicts::new(&["ham", "spam"]),
@@ -216,16 +233,16 @@ impl MessageHandler for SpamHandler {
         let message_id = message.message_id.unwrap_or(event.event_id);
         let score = self.model.score(&event.data.body).0;
         let is_spam = score >= self.threshold;
-        let applied = comments::apply_spam_verdict(
-            self.store.database().primary(),
-            SPAM_CONSUMER,
-            message_id,
-            CommentId(event.data.comment_id),
-            is_spam,
-            score,
-        )
-        .await
-        .map_err(retry)?;
+        let applied = self
+            .writer
+            .submit(SpamVerdict {
+                message_id,
+                comment: CommentId(event.data.comment_id),
+                is_spam,
+                score,
+            })
+            .await
+            .map_err(retry)?;
         tracing::info!(
             message = "Spam verdict.",
             comment_id = event.data.comment_id,
@@ -252,15 +269,23 @@ impl MessageHandler for SpamHandler {
 /// Scores a comment's sentiment.
 pub struct SentimentHandler {
     store: Store,
+    writer: EffectWriter<SentimentScore>,
     sentiment: Arc<Sentiment>,
     verdicts: Arc<Verdicts>,
 }
 
 impl SentimentHandler {
-    /// Writes through `store`'s primary and invalidates its cache.
+    /// Writes through `store`'s primary and invalidates its cache. Starts its effect writer, so
+    /// it must be called inside the runtime.
     pub fn new(store: Store, sentiment: Arc<Sentiment>) -> Self {
+        let pool = store.database().primary().clone();
+        let writer = Batcher::spawn(MAX_BATCH, move |batch: Vec<SentimentScore>| {
+            let pool = pool.clone();
+            async move { comments::apply_sentiments(&pool, SENTIMENT_CONSUMER, &batch).await }
+        });
         Self {
             store,
+            writer,
             sentiment,
             verdicts: Verdicts::new(&["positive", "neutral", "negative"]),
         }
@@ -278,16 +303,16 @@ impl MessageHandler for SentimentHandler {
         let event = comment_event(message)?;
         let message_id = message.message_id.unwrap_or(event.event_id);
         let (score, label) = self.sentiment.score(&event.data.body);
-        let applied = comments::apply_sentiment(
-            self.store.database().primary(),
-            SENTIMENT_CONSUMER,
-            message_id,
-            CommentId(event.data.comment_id),
-            score,
-            label,
-        )
-        .await
-        .map_err(retry)?;
+        let applied = self
+            .writer
+            .submit(SentimentScore {
+                message_id,
+                comment: CommentId(event.data.comment_id),
+                score,
+                label,
+            })
+            .await
+            .map_err(retry)?;
         tracing::info!(
             message = "Sentiment scored.",
             comment_id = event.data.comment_id,

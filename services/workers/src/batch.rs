@@ -1,0 +1,180 @@
+//! Group commit for a worker's effects: the messages a worker holds at once are written by one
+//! statement, and each handler waits for the commit that carries its own.
+//!
+//! A worker handles up to `PREFETCH` messages concurrently. Written one by one, each effect was
+//! a transaction and a WAL flush of its own, and on the development machine the flushes and
+//! round trips made Postgres the most expensive part of moderating a comment. A [`Batcher`]
+//! queues the effects and a single task writes whatever is queued whenever it is free: one
+//! message waits for no one, and under load the queue fills while the previous batch commits,
+//! so batches grow with the load and never wait on a timer. Nothing changes for a handler: it
+//! returns (and its message is acked) only after the statement holding its effect committed.
+//!
+//! In traces, a batch's write hangs under the span of the first message it carries (the span
+//! current when that message was submitted); the other messages' traces end at their consume
+//! span.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// An effect waiting for its batch, and where its outcome goes.
+struct Queued<I, O, E> {
+    item: I,
+    outcome: oneshot::Sender<Result<O, Arc<E>>>,
+    /// The submitter's span, for the trace of the write.
+    span: tracing::Span,
+}
+
+/// Why a queued effect has no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError<E: std::error::Error + 'static> {
+    /// The batch holding the effect failed as a whole; nothing of it was written.
+    #[error("the batch failed: {0}")]
+    Failed(#[source] Arc<E>),
+    /// The writing task is gone (the worker is shutting down).
+    #[error("the batch writer stopped")]
+    Stopped,
+}
+
+/// Writes effects of type `I` in batches of at most `max` with one call of `apply`, which
+/// returns one outcome `O` per effect, in order. Cheap to clone.
+pub struct Batcher<I, O, E> {
+    queue: mpsc::Sender<Queued<I, O, E>>,
+}
+
+impl<I, O, E> Clone for Batcher<I, O, E> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<I, O, E> Batcher<I, O, E>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    /// Starts the writing task; it ends when the last clone of the batcher is dropped.
+    pub fn spawn<F, Fut>(max: usize, apply: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send,
+    {
+        let max = max.max(1);
+        let (queue, mut queued) = mpsc::channel::<Queued<I, O, E>>(max);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max);
+            // Takes what is queued, up to `max`, waiting only while nothing is.
+            while queued.recv_many(&mut batch, max).await > 0 {
+                let span = batch[0].span.clone();
+                let (items, outcomes): (Vec<I>, Vec<_>) =
+                    batch.drain(..).map(|q| (q.item, q.outcome)).unzip();
+                let expected = items.len();
+                match apply(items).instrument(span).await {
+                    Ok(results) => {
+                        assert_eq!(results.len(), expected, "one outcome per effect");
+                        for (outcome, result) in outcomes.into_iter().zip(results) {
+                            // A handler that gave up waiting is redelivered; the inbox knows.
+                            let _ = outcome.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for outcome in outcomes {
+                            let _ = outcome.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues `item` and waits until the batch holding it was written.
+    pub async fn submit(&self, item: I) -> Result<O, BatchError<E>> {
+        let (outcome, written) = oneshot::channel();
+        self.queue
+            .send(Queued {
+                item,
+                outcome,
+                span: tracing::Span::current(),
+            })
+            .await
+            .map_err(|_| BatchError::Stopped)?;
+        match written.await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(BatchError::Failed(e)),
+            Err(_) => Err(BatchError::Stopped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refused;
+
+    /// Effects queued while a batch is being written go out together in the next one, and each
+    /// submitter gets its own outcome.
+    #[tokio::test]
+    async fn effects_queued_meanwhile_share_the_next_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Batcher::spawn(16, {
+            let sizes = sizes.clone();
+            move |items: Vec<u32>| {
+                sizes.lock().unwrap().push(items.len());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, Refused>(items.into_iter().map(|i| i * 10).collect())
+                }
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(1).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await; // the first batch is being written
+        let rest: Vec<_> = (2..=5)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(i).await.unwrap() })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap(), 10);
+        for (i, handle) in (2..=5).zip(rest) {
+            assert_eq!(handle.await.unwrap(), i * 10);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 4]);
+    }
+
+    /// A failed batch fails every effect in it, and the next batch is tried afresh.
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_effects() {
+        let calls = Arc::new(Mutex::new(0));
+        let batcher = Batcher::spawn(4, {
+            let calls = calls.clone();
+            move |items: Vec<u32>| {
+                let call = {
+                    let mut calls = calls.lock().unwrap();
+                    *calls += 1;
+                    *calls
+                };
+                async move { if call == 1 { Err(Refused) } else { Ok(items) } }
+            }
+        });
+        assert!(matches!(
+            batcher.submit(1).await,
+            Err(BatchError::Failed(_))
+        ));
+        assert_eq!(batcher.submit(2).await.unwrap(), 2);
+    }
+}
