@@ -256,12 +256,17 @@ impl Store {
     /// Called when a comment of `post` was published or scored: its comment list and the
     /// listing's comment counts change.
     pub async fn comments_changed(&self, post: PostId) {
-        if let Err(e) = self
-            .cache
-            .invalidate(&self.comment_list, &[post.to_string()])
-            .await
-        {
-            tracing::warn!(message = "Could not invalidate a comment list.", post_id = post.0, error = %e);
+        self.comments_changed_on(&[post]).await;
+    }
+
+    /// [`Store::comments_changed`] for comments of several posts at once: one round trip drops
+    /// every named comment list, another the listing.
+    pub async fn comments_changed_on(&self, posts: &[PostId]) {
+        let mut keys: Vec<String> = posts.iter().map(PostId::to_string).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if let Err(e) = self.cache.invalidate(&self.comment_list, &keys).await {
+            tracing::warn!(message = "Could not invalidate comment lists.", posts = keys.len(), error = %e);
         }
         self.forget_listing().await;
     }
