@@ -2,9 +2,9 @@
 //! for the spam check and rejected ones stay hidden.
 //!
 //! Submitting writes the comment and its `comment.submitted` event to the outbox in one
-//! transaction; the spam and sentiment workers write their verdicts back through
-//! [`apply_spam_verdict`] and [`apply_sentiment`], each with its inbox row, so a message
-//! delivered twice changes nothing.
+//! statement; the spam and sentiment workers write their verdicts back in batches through
+//! [`apply_spam_verdicts`] and [`apply_sentiments`], each effect with its inbox row, so a
+//! message delivered twice changes nothing.
 
 use platform_db::client_span;
 use serde::{Deserialize, Serialize};
@@ -229,10 +229,12 @@ pub struct SentimentScore {
 /// over `c` and `i`) only for the messages the claim inserted. The statement answers with the
 /// claimed message ids: any other message of the batch is a duplicate and changed nothing.
 ///
-/// Two deliveries of one message racing in two workers serialise on the inbox's primary key:
-/// the second insert waits for the first statement to commit, then finds the row and does
-/// nothing. Postgres runs every data-modifying `WITH` to completion whether or not the outer
-/// query reads it.
+/// Two deliveries of one message racing in two replicas of a worker serialise on the inbox's
+/// primary key: the second insert waits for the first statement to commit, then finds the row
+/// and does nothing. The inbox rows are inserted in message id order, for the same reason the
+/// comments are locked in id order: two batches sharing messages wait, never deadlock.
+/// Postgres runs every data-modifying `WITH` to completion whether or not the outer query
+/// reads it.
 macro_rules! once_per_message {
     ($columns:literal, $effect:literal) => {
         concat!(
@@ -240,7 +242,8 @@ macro_rules! once_per_message {
             $columns,
             ")), \
              claimed AS ( \
-                 INSERT INTO inbox (consumer, message_id) SELECT $1, message_id FROM input \
+                 INSERT INTO inbox (consumer, message_id) \
+                 SELECT $1, message_id FROM input ORDER BY message_id \
                  ON CONFLICT DO NOTHING RETURNING message_id), \
              locked AS ( \
                  SELECT id FROM comments WHERE id IN ( \

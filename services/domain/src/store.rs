@@ -84,7 +84,7 @@ impl Store {
 
     /// Starts the replica monitor, the write-behind flusher (every `CACHE_FLUSH_INTERVAL_MS`)
     /// and the sender of the relay's wake-ups. Without them, reads stay on the primary, views
-    /// stay in Redis and the relay finds new comments only when it polls.
+    /// stay in the process and the relay finds new comments only when it polls.
     pub fn spawn_background(&self, settings: &CacheSettings) -> BackgroundTasks {
         BackgroundTasks(vec![
             self.db.spawn_monitor(),
@@ -322,7 +322,7 @@ impl Store {
 /// Why view counts could not be flushed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
-    #[error("taking the pending counts from Redis failed")]
+    #[error("pushing the counts to Redis, or taking them back, failed")]
     Redis(#[from] platform_redis::RedisError),
     #[error("writing the counts to Postgres failed; they are lost")]
     Database(#[from] sqlx::Error),

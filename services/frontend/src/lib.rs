@@ -216,8 +216,8 @@ impl Application {
     }
 
     /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish within
-    /// `SHUTDOWN_TIMEOUT_SECS`; view counts still in Redis are flushed to Postgres on the way
-    /// out.
+    /// `SHUTDOWN_TIMEOUT_SECS`; view counts still in the process or in Redis are flushed to
+    /// Postgres on the way out.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
         drop(self.background);

@@ -7,7 +7,9 @@
 //! queues the effects and a single task writes whatever is queued whenever it is free: one
 //! message waits for no one, and under load the queue fills while the previous batch commits,
 //! so batches grow with the load and never wait on a timer. Nothing changes for a handler: it
-//! returns (and its message is acked) only after the statement holding its effect committed.
+//! returns (and its message is acked) only after the statement holding its effect committed. A
+//! batch that fails is written again one effect at a time, so an effect the database refuses
+//! fails alone instead of taking the messages beside it to their retry limit.
 //!
 //! In traces, a batch's write hangs under the span of the first message it carries (the span
 //! current when that message was submitted); the other messages' traces end at their consume
@@ -52,9 +54,25 @@ impl<I, O, E> Clone for Batcher<I, O, E> {
     }
 }
 
+/// Hands each submitter its outcome. Should `apply` break its promise of one outcome per
+/// effect, the submitters left without one see [`BatchError::Stopped`].
+fn answer<O, E>(outcomes: Vec<oneshot::Sender<Result<O, Arc<E>>>>, results: Vec<O>) {
+    if outcomes.len() != results.len() {
+        tracing::error!(
+            message = "A batch returned the wrong number of outcomes.",
+            effects = outcomes.len(),
+            outcomes = results.len()
+        );
+    }
+    for (outcome, result) in outcomes.into_iter().zip(results) {
+        // A handler that gave up waiting is redelivered; the inbox knows.
+        let _ = outcome.send(Ok(result));
+    }
+}
+
 impl<I, O, E> Batcher<I, O, E>
 where
-    I: Send + 'static,
+    I: Clone + Send + 'static,
     O: Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -73,19 +91,27 @@ where
                 let span = batch[0].span.clone();
                 let (items, outcomes): (Vec<I>, Vec<_>) =
                     batch.drain(..).map(|q| (q.item, q.outcome)).unzip();
-                let expected = items.len();
-                match apply(items).instrument(span).await {
-                    Ok(results) => {
-                        assert_eq!(results.len(), expected, "one outcome per effect");
-                        for (outcome, result) in outcomes.into_iter().zip(results) {
-                            // A handler that gave up waiting is redelivered; the inbox knows.
-                            let _ = outcome.send(Ok(result));
-                        }
+                let single = items.len() == 1;
+                // Kept to write one by one should the batch fail.
+                let retry = if single { Vec::new() } else { items.clone() };
+                match apply(items).instrument(span.clone()).await {
+                    Ok(results) => answer(outcomes, results),
+                    Err(e) if single => {
+                        let _ = outcomes
+                            .into_iter()
+                            .next()
+                            .map(|o| o.send(Err(Arc::new(e))));
                     }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for outcome in outcomes {
-                            let _ = outcome.send(Err(e.clone()));
+                    // One effect the database refuses must not fail the others with it: each is
+                    // tried on its own, and only the failing ones get their error.
+                    Err(_) => {
+                        for (item, outcome) in retry.into_iter().zip(outcomes) {
+                            match apply(vec![item]).instrument(span.clone()).await {
+                                Ok(results) => answer(vec![outcome], results),
+                                Err(e) => {
+                                    let _ = outcome.send(Err(Arc::new(e)));
+                                }
+                            }
                         }
                     }
                 }
@@ -94,7 +120,8 @@ where
         Self { queue }
     }
 
-    /// Queues `item` and waits until the batch holding it was written.
+    /// Queues `item` and waits until the batch holding it was written. `Stopped` also answers
+    /// an effect whose batch returned no outcome for it.
     pub async fn submit(&self, item: I) -> Result<O, BatchError<E>> {
         let (outcome, written) = oneshot::channel();
         self.queue
@@ -156,7 +183,7 @@ mod tests {
         assert_eq!(*sizes.lock().unwrap(), vec![1, 4]);
     }
 
-    /// A failed batch fails every effect in it, and the next batch is tried afresh.
+    /// An effect that fails on its own fails, and the next batch is tried afresh.
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_effects() {
         let calls = Arc::new(Mutex::new(0));
@@ -176,5 +203,37 @@ mod tests {
             Err(BatchError::Failed(_))
         ));
         assert_eq!(batcher.submit(2).await.unwrap(), 2);
+    }
+
+    /// One effect the database refuses fails alone: the others of its batch are written one by
+    /// one and succeed.
+    #[tokio::test]
+    async fn one_refused_effect_does_not_fail_the_rest_of_its_batch() {
+        let batcher = Batcher::spawn(16, |items: Vec<u32>| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if items.contains(&13) {
+                Err(Refused)
+            } else {
+                Ok(items)
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(1).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await; // the next three share a batch
+        let handles: Vec<_> = [12, 13, 14]
+            .into_iter()
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(i).await })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap(), 1);
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await.unwrap().ok());
+        }
+        assert_eq!(results, vec![Some(12), None, Some(14)]);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Both workers read `comment.submitted` events from their own quorum queue
 //! (`comments.spam`, `comments.sentiment`) and write their verdict to the comment together
-//! with an inbox row `(consumer, message_id)` in one transaction; the ack follows the commit.
+//! with an inbox row `(consumer, message_id)` in one statement, which carries the effects of
+//! every message the worker holds at once; the ack follows the commit.
 //! A redelivered or duplicated message finds its inbox row and changes nothing. They hold no
 //! state between messages, so any number of each can run, and either may finish first.
 //!

@@ -11,10 +11,11 @@
 //! `CACHE_FLUSH_INTERVAL_MS`, and once more on shutdown.
 //!
 //! What can be lost, all of it bounded by one interval: the tally of a process killed without
-//! shutting down; the counts in Redis if Redis dies (it keeps nothing on disk); those taken by a
-//! flush whose database write then fails. A push that fails keeps its counts in the tally for
-//! the next one, so Redis being away loses nothing by itself. For view counts that is an
-//! acceptable price; for money it would not be.
+//! shutting down; the counts in Redis if Redis dies (it keeps nothing on disk); those of a push
+//! whose reply never came (it may have been applied, so it is not repeated); those taken by a
+//! flush whose database write then fails. A push that finds no connection keeps its counts in
+//! the tally for the next one, so Redis being away loses nothing by itself. For view counts that
+//! is an acceptable price; for money it would not be.
 //!
 //! [`push`]: WriteBehindCounter::push
 //! [`take`]: WriteBehindCounter::take
@@ -76,28 +77,29 @@ impl WriteBehindCounter {
     }
 
     /// Moves the tally into the Redis hash in one round trip; returns how many fields it
-    /// carried. On failure the counts go back into the tally, for the next push.
+    /// carried. When no connection could be had, nothing was sent and the counts go back into
+    /// the tally for the next push. A command that failed after it was sent may still have
+    /// been applied (a reply lost to a timeout), so its counts are dropped rather than risk
+    /// counting them twice.
     pub async fn push(&self) -> Result<usize, RedisError> {
         let batch = std::mem::take(&mut *self.tally());
         if batch.is_empty() {
             return Ok(0);
         }
-        match self.increment_all(&batch).await {
-            Ok(()) => Ok(batch.len()),
+        let mut conn = match self.redis.conn().await {
+            Ok(conn) => conn,
             Err(e) => {
                 let mut tally = self.tally();
                 for (field, by) in batch {
                     *tally.entry(field).or_default() += by;
                 }
-                Err(e)
+                return Err(e);
             }
-        }
-    }
-
-    async fn increment_all(&self, batch: &HashMap<String, i64>) -> Result<(), RedisError> {
-        let mut conn = self.redis.conn().await?;
+        };
         let mut pipe = redis::pipe();
-        for (field, by) in batch {
+        // All or nothing, so a connection lost midway cannot leave half the batch applied.
+        pipe.atomic();
+        for (field, by) in &batch {
             pipe.cmd("HINCRBY")
                 .arg(&self.key)
                 .arg(field)
@@ -105,9 +107,9 @@ impl WriteBehindCounter {
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn)
-            .instrument(client_span("HINCRBY"))
+            .instrument(client_span("MULTI"))
             .await?;
-        Ok(())
+        Ok(batch.len())
     }
 
     /// Takes every count pushed to Redis (by any process), leaving none behind.

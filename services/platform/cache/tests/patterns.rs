@@ -273,7 +273,7 @@ async fn write_behind_counts_are_taken_whole_and_only_once() {
     assert!(counter.take().await.unwrap().is_empty());
 }
 
-/// Redis being away loses no counts: a push that fails puts them back for the next one.
+/// Redis being away loses no counts: a push that finds no connection puts them back for the next.
 #[tokio::test]
 async fn a_failed_push_keeps_the_counts_for_the_next() {
     let unreachable = Redis::connect(&RedisSettings {

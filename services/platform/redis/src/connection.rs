@@ -6,10 +6,13 @@
 //! `WATCH`, so on the hot path that check only doubled the round trips: a cached read paid one
 //! for its `GET` and one for the check, and the view it counted two more.
 //!
-//! Instead, each connection watches the results of its own commands. An error that leaves its
-//! state unknown (an I/O error, a dropped connection, a timeout, after which a late reply may
-//! still be in flight) marks it broken, and a broken connection is taken out of the pool when
-//! it is dropped, so the next checkout connects afresh. A connection that has sat unused for
+//! Instead, each connection watches the results of its own commands. An I/O error or a dropped
+//! connection marks it broken, and a broken connection is taken out of the pool when it is
+//! dropped, so the next checkout connects afresh; a connection the server closed also empties
+//! the pool of its idle connections, since a server restart closed those too, and each would
+//! otherwise fail one request before being replaced. A timeout alone does not break a
+//! connection: it is multiplexed and matches replies in order, so a late reply is discarded
+//! and the connection stays usable. A connection that has sat unused for
 //! longer than `REDIS_CHECK_IDLE_MS` is still checked with deadpool-redis's round trip before it
 //! goes out, because a server restart or an idle timeout may have closed it meanwhile.
 
@@ -66,6 +69,8 @@ pub struct Connection {
     /// Always `Some` until dropped.
     object: Option<managed::Object<Manager>>,
     broken: bool,
+    /// The server closed the connection (a restart, `CLIENT KILL`, an idle timeout).
+    closed_by_server: bool,
 }
 
 impl Connection {
@@ -73,6 +78,7 @@ impl Connection {
         Self {
             object: Some(object),
             broken: false,
+            closed_by_server: false,
         }
     }
 
@@ -85,14 +91,15 @@ impl Connection {
             && leaves_connection_unusable(e)
         {
             self.broken = true;
+            self.closed_by_server |= e.is_connection_dropped();
         }
     }
 }
 
-/// Whether after `e` nothing can be said about the connection's state. A server's error reply
-/// (a wrong type, a script error) says nothing about the connection and keeps it.
+/// Whether `e` means the connection cannot be used again. A server's error reply (a wrong
+/// type, a script error) says nothing about the connection, and a timeout leaves it usable.
 fn leaves_connection_unusable(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
 }
 
 impl ConnectionLike for Connection {
@@ -130,6 +137,12 @@ impl Drop for Connection {
         if let Some(object) = self.object.take()
             && self.broken
         {
+            if self.closed_by_server
+                && let Some(pool) = managed::Object::pool(&object)
+            {
+                // The others were closed by the same restart; connect afresh instead.
+                pool.retain(|_, _| false);
+            }
             // Detached from the pool and closed; the pool makes a new one when it needs it.
             drop(managed::Object::take(object));
         }

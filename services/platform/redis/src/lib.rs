@@ -62,9 +62,9 @@ pub struct RedisSettings {
     /// `REDIS_KEY_PREFIX`: put in front of every key this process reads or writes.
     pub redis_key_prefix: String,
     /// `REDIS_CHECK_IDLE_MS`: a pooled connection unused for longer than this is checked with
-    /// a `PING` round trip before it goes out again; one in steady use is not, and one whose
-    /// command failed is closed instead of returned. `0` checks at every checkout, as
-    /// deadpool-redis does on its own.
+    /// a `PING` round trip before it goes out again; one in steady use is not, and one that
+    /// broke (an I/O error, not a timeout) is closed instead of returned. `0` checks at every
+    /// checkout, as deadpool-redis does on its own.
     pub redis_check_idle_ms: u64,
 }
 
@@ -127,6 +127,10 @@ impl Redis {
             .wait_timeout(timeout)
             .create_timeout(timeout)
             .recycle_timeout(timeout)
+            // The most recently returned connection goes out first: a few stay busy, hence
+            // unchecked, while the rest idle, rather than every connection taking turns and
+            // each being checked again after sitting idle.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is set, so building the pool cannot fail");
@@ -258,6 +262,42 @@ mod tests {
         let _finds_it_closed = redis.ping().await;
         redis.ping().await.unwrap();
         assert_ne!(client_id(&redis).await, id);
+    }
+
+    /// A server restart closes every pooled connection at once: the first command to find its
+    /// connection closed empties the pool, so the next one connects afresh instead of drawing
+    /// another closed connection.
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_takes_the_idle_ones_with_it() {
+        let redis = Redis::connect(&RedisSettings {
+            redis_pool_size: 2,
+            ..RedisSettings::default()
+        })
+        .unwrap();
+        let (mut a, mut b) = (redis.conn().await.unwrap(), redis.conn().await.unwrap());
+        let mut ids = Vec::new();
+        for conn in [&mut a, &mut b] {
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(conn)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        drop((a, b));
+        let observer = Redis::connect(&RedisSettings::default()).unwrap();
+        let mut conn = observer.conn().await.unwrap();
+        for id in ids {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _finds_it_closed = redis.ping().await;
+        redis.ping().await.unwrap();
     }
 
     #[test]
