@@ -145,18 +145,28 @@ async fn spam_is_rejected_and_stays_hidden() {
     );
 }
 
-#[tokio::test]
-async fn a_burst_of_wake_ups_sends_one_notification() {
-    use domain::outbox::{CHANNEL, OutboxWaker};
-    use std::time::Duration;
-
+/// A fresh database, a connection listening where the relay does, and a waker sending to it.
+async fn waker_and_listener() -> (
+    TestDatabase,
+    sqlx::postgres::PgListener,
+    domain::outbox::OutboxWaker,
+    tokio::task::JoinHandle<()>,
+) {
     let db = TestDatabase::create(&domain::MIGRATOR).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
         .await
         .unwrap();
-    listener.listen(CHANNEL).await.unwrap();
-    let waker = OutboxWaker::new();
-    let _sender = waker.spawn(db.pool.clone());
+    listener.listen(domain::outbox::CHANNEL).await.unwrap();
+    let waker = domain::outbox::OutboxWaker::new();
+    let sender = waker.spawn(db.pool.clone());
+    (db, listener, waker, sender)
+}
+
+#[tokio::test]
+async fn a_burst_of_wake_ups_sends_one_notification() {
+    use std::time::Duration;
+
+    let (_db, mut listener, waker, _sender) = waker_and_listener().await;
     // A thousand commits' wake-ups before the sender runs (this runtime has one thread).
     for _ in 0..1000 {
         waker.wake();
@@ -176,16 +186,10 @@ async fn a_burst_of_wake_ups_sends_one_notification() {
 /// every millisecond for 200 ms wakes the relay about once per `WAKE_SPACING`, not 200 times.
 #[tokio::test]
 async fn steady_wake_ups_are_spaced() {
-    use domain::outbox::{CHANNEL, OutboxWaker, WAKE_SPACING};
+    use domain::outbox::WAKE_SPACING;
     use std::time::{Duration, Instant};
 
-    let db = TestDatabase::create(&domain::MIGRATOR).await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
-        .await
-        .unwrap();
-    listener.listen(CHANNEL).await.unwrap();
-    let waker = OutboxWaker::new();
-    let _sender = waker.spawn(db.pool.clone());
+    let (_db, mut listener, waker, _sender) = waker_and_listener().await;
     let started = Instant::now();
     let producer = tokio::spawn({
         let waker = waker.clone();

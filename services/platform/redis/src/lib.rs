@@ -210,12 +210,30 @@ mod tests {
     }
 
     async fn client_id(redis: &Redis) -> i64 {
-        let mut conn = redis.conn().await.unwrap();
+        id_of(&mut redis.conn().await.unwrap()).await
+    }
+
+    async fn id_of(conn: &mut Connection) -> i64 {
         redis::cmd("CLIENT")
             .arg("ID")
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .unwrap()
+    }
+
+    /// Closes the connections `ids` from the server's side, as a restart would.
+    async fn kill_clients(ids: &[i64]) {
+        let observer = Redis::connect(&RedisSettings::default()).unwrap();
+        let mut conn = observer.conn().await.unwrap();
+        for id in ids {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 
     /// `CLIENT LIST` of one connection, asked over another.
@@ -250,15 +268,7 @@ mod tests {
     async fn a_broken_connection_is_replaced() {
         let redis = single_connection();
         let id = client_id(&redis).await;
-        let observer = Redis::connect(&RedisSettings::default()).unwrap();
-        let mut conn = observer.conn().await.unwrap();
-        redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        kill_clients(&[id]).await;
         let _finds_it_closed = redis.ping().await;
         redis.ping().await.unwrap();
         assert_ne!(client_id(&redis).await, id);
@@ -275,27 +285,9 @@ mod tests {
         })
         .unwrap();
         let (mut a, mut b) = (redis.conn().await.unwrap(), redis.conn().await.unwrap());
-        let mut ids = Vec::new();
-        for conn in [&mut a, &mut b] {
-            let id: i64 = redis::cmd("CLIENT")
-                .arg("ID")
-                .query_async(conn)
-                .await
-                .unwrap();
-            ids.push(id);
-        }
+        let ids = [id_of(&mut a).await, id_of(&mut b).await];
         drop((a, b));
-        let observer = Redis::connect(&RedisSettings::default()).unwrap();
-        let mut conn = observer.conn().await.unwrap();
-        for id in ids {
-            redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("ID")
-                .arg(id)
-                .query_async::<()>(&mut conn)
-                .await
-                .unwrap();
-        }
+        kill_clients(&ids).await;
         let _finds_it_closed = redis.ping().await;
         redis.ping().await.unwrap();
     }
