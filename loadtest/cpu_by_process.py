@@ -5,16 +5,19 @@
     cpu_by_process.py diff BEFORE AFTER [N]     # CPU seconds per process group in between,
                                                 # and per item when N items were served
     cpu_by_process.py brief BEFORE AFTER N      # the same as one line of µs per item
+    cpu_by_process.py run FILE -- COMMAND...    # run COMMAND, write its CPU seconds to FILE
 
 Processes are grouped by name (every Postgres backend is "postgres", RabbitMQ's Erlang VM is
 "rabbitmq"), so the table says where a request's or a comment's CPU went on a machine where
 everything shares the same cores. A process that started after BEFORE counts from zero; one
 that ended before AFTER is not counted (so run the load generator's own process around the
-snapshots, not inside them).
+snapshots, not inside them, and measure it with `run`).
 """
 
 import json
 import os
+import resource
+import subprocess
 import sys
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -74,7 +77,18 @@ def diff(before, after, items):
     print(f"| all | {total:.2f} |{per(total) + ' |' if items else ''}")
 
 
+def run(out, command):
+    """Runs `command` and records the CPU seconds it and its children used; returns its code."""
+    code = subprocess.call(command)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(out, "w") as f:
+        f.write(f"{usage.ru_utime + usage.ru_stime:.3f}\n")
+    return code
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "run":
+        sys.exit(run(sys.argv[2], sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:]))
     if sys.argv[1] == "snap":
         with open(sys.argv[2], "w") as f:
             json.dump(snapshot(), f)

@@ -17,7 +17,7 @@ rate_max=${RATE_MAX:-2000}
 echo "pipeline: phase 1, offered ${rate_max}/s for ${DURATION_MAX:-10s}" >&2
 loadtest/cpu_by_process.py snap "$RUN_DIR/cpu-before.json"
 RATE=$rate_max DURATION=${DURATION_MAX:-10s} VUS=200 MAX_VUS=400 \
-  k6 run -q --summary-trend-stats "avg,min,med,max,p(95),p(99)" --summary-export "$RUN_DIR/max.json" loadtest/pipeline.js >/dev/null 2>&1 || true
+  loadtest/cpu_by_process.py run "$RUN_DIR/k6-cpu.txt" -- k6 run -q --summary-trend-stats "avg,min,med,max,p(95),p(99)" --summary-export "$RUN_DIR/max.json" loadtest/pipeline.js >/dev/null 2>&1 || true
 read -r acc1 ref1 p99_1 p50_1 < <(summary "$RUN_DIR/max.json")
 secs1=$(python3 -c "print(float('${DURATION_MAX:-10s}'.rstrip('s')))")
 wait_drained 120 || echo "pipeline: phase 1 did not drain within 120 s" >&2
@@ -47,3 +47,5 @@ printf '| steady | %s/s x %s | %s | %s | | %s / %s | %s / %s / %s (n=%s) |\n' "$
 echo
 echo "phase 1, from the first submission until every comment was moderated:"
 loadtest/cpu_by_process.py brief "$RUN_DIR/cpu-before.json" "$RUN_DIR/cpu-after.json" "$acc1"
+printf 'k6, the load generator, beside them: %.0f µs of CPU per accepted comment\n' \
+  "$(python3 -c "print($(cat "$RUN_DIR/k6-cpu.txt") / max($acc1, 1) * 1e6)")"

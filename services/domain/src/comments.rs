@@ -80,6 +80,17 @@ pub enum SubmitCommentError {
     Database(#[from] sqlx::Error),
 }
 
+impl SubmitCommentError {
+    /// What a failed [`submit_many`] of one comment means: a foreign key violation can only be
+    /// the post, since the author is the caller's own session.
+    pub fn from_write(e: sqlx::Error) -> Self {
+        match e.as_database_error() {
+            Some(db) if db.is_foreign_key_violation() => Self::PostNotFound,
+            _ => Self::Database(e),
+        }
+    }
+}
+
 /// The W3C trace context of the request that submits a comment, carried with its event so the
 /// workers' spans join the request's trace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,7 +131,7 @@ fn is_traceparent(value: &str) -> bool {
 pub const COMMENT_SUBMITTED: &str = "comment.submitted";
 
 /// Stores a new comment as `pending`, in one transaction with everything that must happen
-/// with it: the comment is accepted whole or not at all.
+/// with it: the comment is accepted whole or not at all (see [`submit_many`]).
 pub async fn submit(
     pool: &PgPool,
     post: PostId,
@@ -131,12 +142,6 @@ pub async fn submit(
 }
 
 /// [`submit`], carrying the submitting request's trace context into the event.
-///
-/// The comment and its `comment.submitted` outbox row are written by one statement, and a
-/// statement is its own transaction: either both exist or neither does, so a comment that was
-/// accepted always has an event for the relay to publish, and no event announces a comment that
-/// was rolled back. One statement is also one round trip, where `BEGIN` ... `COMMIT` around it
-/// would be three. Nothing here talks to the broker; the caller answers as soon as this returns.
 pub async fn submit_traced(
     pool: &PgPool,
     post: PostId,
@@ -144,35 +149,88 @@ pub async fn submit_traced(
     body: &CommentBody,
     trace: &TraceContext,
 ) -> Result<CommentId, SubmitCommentError> {
-    let inserted = sqlx::query_scalar(
-        "WITH c AS ( \
-             INSERT INTO comments (post_id, author_id, body) VALUES ($1, $2, $3) \
-             RETURNING id, post_id, author_id, body, created_at) \
-         INSERT INTO outbox (event_type, payload, traceparent, tracestate) \
-         SELECT $4, jsonb_build_object( \
-                    'comment_id', c.id, 'post_id', c.post_id, 'author_id', c.author_id, \
-                    'author', u.username, 'body', c.body, 'submitted_at', c.created_at), \
-                $5, $6 \
-         FROM c JOIN users u ON u.id = c.author_id \
-         RETURNING (payload->>'comment_id')::bigint",
-    )
-    .bind(post)
-    .bind(author)
-    .bind(body.as_ref())
-    .bind(COMMENT_SUBMITTED)
-    .bind(trace.traceparent.as_deref())
-    .bind(trace.tracestate.as_deref())
-    .fetch_one(pool)
-    // Named after the comment it stores; the outbox row rides in the same statement.
-    .instrument(client_span("INSERT", "comments"))
-    .await;
-    match inserted {
-        Ok(id) => Ok(CommentId(id)),
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            Err(SubmitCommentError::PostNotFound)
-        }
-        Err(e) => Err(e.into()),
+    let comment = NewComment {
+        post,
+        author,
+        body: body.clone(),
+        trace: trace.clone(),
+    };
+    let ids = submit_many(pool, std::slice::from_ref(&comment))
+        .await
+        .map_err(SubmitCommentError::from_write)?;
+    ids.into_iter().next().ok_or_else(|| {
+        SubmitCommentError::Database(sqlx::Error::Protocol("no comment id returned".into()))
+    })
+}
+
+/// A comment to submit, with the trace context of the request that submits it.
+#[derive(Debug, Clone)]
+pub struct NewComment {
+    pub post: PostId,
+    pub author: UserId,
+    pub body: CommentBody,
+    pub trace: TraceContext,
+}
+
+/// Stores `comments` as `pending`, each with its `comment.submitted` outbox row, and returns
+/// their ids in the order given.
+///
+/// Everything is one statement, and a statement is its own transaction: either every comment
+/// and its event exist or none does, so a comment that was accepted always has an event for the
+/// relay to publish, and no event announces a comment that was rolled back. One statement is
+/// also one round trip and one commit for the whole batch, where `BEGIN` ... `COMMIT` around
+/// each comment would be three round trips and a WAL flush per comment. A post that does not
+/// exist fails the whole statement with a foreign key violation. Nothing here talks to the
+/// broker; callers answer as soon as this returns.
+pub async fn submit_many(
+    pool: &PgPool,
+    comments: &[NewComment],
+) -> Result<Vec<CommentId>, sqlx::Error> {
+    let mut posts = Vec::with_capacity(comments.len());
+    let mut authors = Vec::with_capacity(comments.len());
+    let mut bodies = Vec::with_capacity(comments.len());
+    let mut traceparents = Vec::with_capacity(comments.len());
+    let mut tracestates = Vec::with_capacity(comments.len());
+    for c in comments {
+        posts.push(c.post.0);
+        authors.push(c.author.0);
+        bodies.push(c.body.as_ref());
+        traceparents.push(c.trace.traceparent.as_deref());
+        tracestates.push(c.trace.tracestate.as_deref());
     }
+    // The ids are drawn before the insert, in the input's order, so that each caller learns its
+    // own: the order of `RETURNING` rows is not something Postgres promises. `input` calls a
+    // volatile function, so it is computed once and every reference sees the same ids.
+    sqlx::query_scalar(
+        "WITH input AS ( \
+             SELECT nextval(pg_get_serial_sequence('comments', 'id')) AS id, t.* \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $5::text[], $6::text[]) \
+                  WITH ORDINALITY AS t(post_id, author_id, body, traceparent, tracestate, ord)), \
+         c AS ( \
+             INSERT INTO comments (id, post_id, author_id, body) OVERRIDING SYSTEM VALUE \
+             SELECT id, post_id, author_id, body FROM input ORDER BY ord \
+             RETURNING id, post_id, author_id, body, created_at), \
+         o AS ( \
+             INSERT INTO outbox (event_type, payload, traceparent, tracestate) \
+             SELECT $4, jsonb_build_object( \
+                        'comment_id', c.id, 'post_id', c.post_id, 'author_id', c.author_id, \
+                        'author', u.username, 'body', c.body, 'submitted_at', c.created_at), \
+                    i.traceparent, i.tracestate \
+             FROM c JOIN input i USING (id) JOIN users u ON u.id = c.author_id \
+             ORDER BY i.ord) \
+         SELECT id FROM input ORDER BY ord",
+    )
+    .bind(&posts)
+    .bind(&authors)
+    .bind(&bodies)
+    .bind(COMMENT_SUBMITTED)
+    .bind(&traceparents)
+    .bind(&tracestates)
+    .fetch_all(pool)
+    // Named after the comments it stores; the outbox rows ride in the same statement.
+    .instrument(client_span("INSERT", "comments"))
+    .await
+    .map(|ids| ids.into_iter().map(CommentId).collect())
 }
 
 /// Whether a worker's message changed anything.

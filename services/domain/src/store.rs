@@ -14,11 +14,12 @@
 //! cache until every replica has: until then a cache entry might have been filled from a replica
 //! that had not seen the write.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use platform_cache::counter::WriteBehindCounter;
 use platform_cache::{Cache, CacheSettings, Kind, ReadThrough};
+use platform_db::batch::{BatchError, Batcher};
 use platform_db::{Database, DbError, DbSettings, Lsn, client_span};
 use platform_redis::Redis;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::comments::{self, Comment, CommentId, SubmitCommentError, TraceContext};
+use crate::comments::{self, Comment, CommentId, NewComment, SubmitCommentError, TraceContext};
 use crate::outbox::OutboxWaker;
 use crate::posts::{self, Page, Post, UpdatePostError};
 use crate::{CommentBody, PostBody, PostId, PostTitle, UserId};
@@ -50,7 +51,17 @@ pub struct Store {
     profiles: ReadThrough<UserId, Profile, sqlx::Error>,
     views: WriteBehindCounter,
     outbox: OutboxWaker,
+    /// Started by the first submission, inside the runtime (see [`Store::submit_comment`]).
+    comment_writer: Arc<OnceLock<CommentWriter>>,
 }
+
+/// Stores the comments submitted at about the same time with one statement, and answers each
+/// with its id and the primary's position after the commit.
+type CommentWriter = Batcher<NewComment, (CommentId, Lsn), sqlx::Error>;
+
+/// The most comments one statement stores. Bodies are at most 2,000 characters, so a full
+/// batch stays well under a megabyte.
+const MAX_SUBMIT_BATCH: usize = 128;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +72,18 @@ impl std::fmt::Debug for Store {
 /// The position to use when a write's position cannot be read: no replica ever reaches it, so
 /// the writer reads from the primary (and around the cache) until their next write.
 const UNKNOWN_POSITION: Lsn = Lsn(u64::MAX);
+
+/// The primary's position after a write, for the writer's later reads; [`UNKNOWN_POSITION`]
+/// when it cannot be read.
+async fn position_after_write(db: &Database) -> Lsn {
+    match db.current_lsn().await {
+        Ok(lsn) => lsn,
+        Err(e) => {
+            tracing::warn!(message = "Could not read the WAL position after a write.", error = %e);
+            UNKNOWN_POSITION
+        }
+    }
+}
 
 /// The data tier's background work: the replica monitor, the view-count flusher and the
 /// relay's waker. Dropping it stops them.
@@ -107,6 +130,7 @@ impl Store {
             comment_list: cache.kind("comment_list", secs(settings.cache_ttl_comments_secs)),
             views: WriteBehindCounter::new(cache.redis().clone(), "post_views"),
             outbox: OutboxWaker::new(),
+            comment_writer: Arc::new(OnceLock::new()),
             profiles,
             cache,
             db,
@@ -129,17 +153,6 @@ impl Store {
     /// Whether a read by someone whose last write was at `seen` may be served from the cache.
     fn cache_safe(&self, seen: Option<Lsn>) -> bool {
         seen.is_none_or(|lsn| self.db.replicas_caught_up(lsn))
-    }
-
-    /// The primary's position after a write, for the writer's later reads.
-    async fn position_after_write(&self) -> Lsn {
-        match self.db.current_lsn().await {
-            Ok(lsn) => lsn,
-            Err(e) => {
-                tracing::warn!(message = "Could not read the WAL position after a write.", error = %e);
-                UNKNOWN_POSITION
-            }
-        }
     }
 
     /// Post `id`.
@@ -214,7 +227,7 @@ impl Store {
     ) -> Result<(PostId, Lsn), sqlx::Error> {
         let id = posts::create(self.db.primary(), author, title, body).await?;
         self.forget_listing().await;
-        Ok((id, self.position_after_write().await))
+        Ok((id, position_after_write(&self.db).await))
     }
 
     /// Edits a post (author only). Write-through: the new version is in the cache before this
@@ -236,11 +249,16 @@ impl Store {
             let _ = self.cache.invalidate(&self.post, &[id.to_string()]).await;
         }
         self.forget_listing().await;
-        Ok((post, self.position_after_write().await))
+        Ok((post, position_after_write(&self.db).await))
     }
 
-    /// Accepts a comment as pending, with its outbox event (see `comments::submit_traced`),
-    /// and wakes the relay.
+    /// Accepts a comment as pending, with its outbox event, and wakes the relay.
+    ///
+    /// Comments submitted while an earlier batch is being written are stored together by one
+    /// statement ([`comments::submit_many`]) and share its commit and its WAL position: under
+    /// load, each comment no longer pays for a commit, a WAL flush and a position read of its
+    /// own. This returns only once the comment's batch has committed. A comment whose post does
+    /// not exist fails its batch, which is then written one comment at a time, so it fails alone.
     pub async fn submit_comment(
         &self,
         post: PostId,
@@ -248,9 +266,38 @@ impl Store {
         body: &CommentBody,
         trace: &TraceContext,
     ) -> Result<(CommentId, Lsn), SubmitCommentError> {
-        let id = comments::submit_traced(self.db.primary(), post, author, body, trace).await?;
+        let comment = NewComment {
+            post,
+            author,
+            body: body.clone(),
+            trace: trace.clone(),
+        };
+        let written = self.comment_writer().submit(comment).await;
+        let (id, lsn) = written.map_err(|e| match e {
+            BatchError::Failed(e) => SubmitCommentError::from_write(
+                Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string())),
+            ),
+            BatchError::Stopped => SubmitCommentError::Database(sqlx::Error::PoolClosed),
+        })?;
         self.outbox.wake();
-        Ok((id, self.position_after_write().await))
+        Ok((id, lsn))
+    }
+
+    /// The writer of submitted comments, started on first use: its task must run inside a
+    /// runtime, and building a store does not need one. It holds the database, not the store,
+    /// so it ends with the last store that can submit to it.
+    fn comment_writer(&self) -> &CommentWriter {
+        self.comment_writer.get_or_init(|| {
+            let db = Arc::clone(&self.db);
+            Batcher::spawn(MAX_SUBMIT_BATCH, move |batch: Vec<NewComment>| {
+                let db = Arc::clone(&db);
+                async move {
+                    let ids = comments::submit_many(db.primary(), &batch).await?;
+                    let lsn = position_after_write(&db).await;
+                    Ok(ids.into_iter().map(|id| (id, lsn)).collect())
+                }
+            })
+        })
     }
 
     /// Called when a comment of `post` was published or scored: its comment list and the

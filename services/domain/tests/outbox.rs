@@ -1,7 +1,9 @@
 //! The comment pipeline's database side: submit writes the comment and its event together, and
 //! the workers' effects apply once per message.
 
-use domain::comments::{self, Applied, SentimentLabel, SubmitCommentError, TraceContext};
+use domain::comments::{
+    self, Applied, NewComment, SentimentLabel, SubmitCommentError, TraceContext,
+};
 use domain::{CommentBody, PostBody, PostId, PostTitle, UserId, Username, posts, users};
 use platform_testing::TestDatabase;
 use uuid::Uuid;
@@ -77,6 +79,70 @@ async fn a_refused_comment_leaves_no_event_behind() {
         .await
         .unwrap();
     assert_eq!(events, 0);
+}
+
+/// A batch returns each comment's own id, in the order given, and each comment has its own
+/// event carrying its own trace context.
+#[tokio::test]
+async fn a_batch_of_comments_returns_each_its_own_id_and_event() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let batch: Vec<NewComment> = (0..20)
+        .map(|i| NewComment {
+            post,
+            author,
+            // Two identical bodies, so nothing could match comments to callers by content.
+            body: CommentBody::parse(&format!("comment {}", i / 2)).unwrap(),
+            trace: TraceContext::from_headers(
+                Some(&format!("00-{:032x}-b7ad6b7169203331-01", i + 1)),
+                None,
+            ),
+        })
+        .collect();
+    let ids = comments::submit_many(&db.pool, &batch).await.unwrap();
+    assert_eq!(ids.len(), batch.len());
+    for (comment, id) in batch.iter().zip(&ids) {
+        let (body, event_body, traceparent): (String, String, Option<String>) = sqlx::query_as(
+            "SELECT c.body, o.payload->>'body', o.traceparent \
+             FROM comments c JOIN outbox o ON (o.payload->>'comment_id')::bigint = c.id \
+             WHERE c.id = $1",
+        )
+        .bind(id.0)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(body, comment.body.as_ref());
+        assert_eq!(event_body, body);
+        assert_eq!(traceparent, comment.trace.traceparent, "comment {}", id.0);
+    }
+}
+
+/// One comment on a missing post fails its whole batch: nothing of it is written.
+#[tokio::test]
+async fn a_batch_with_a_missing_post_writes_nothing() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let (author, post) = author_and_post(&db).await;
+    let batch: Vec<NewComment> = [post, PostId(424242), post]
+        .into_iter()
+        .map(|post| NewComment {
+            post,
+            author,
+            body: CommentBody::parse("hi").unwrap(),
+            trace: TraceContext::default(),
+        })
+        .collect();
+    let error = comments::submit_many(&db.pool, &batch).await.unwrap_err();
+    assert!(matches!(
+        SubmitCommentError::from_write(error),
+        SubmitCommentError::PostNotFound
+    ));
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM comments) + (SELECT count(*) FROM outbox)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(written, 0);
 }
 
 #[test]

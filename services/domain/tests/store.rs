@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use domain::comments::{SubmitCommentError, TraceContext};
 use domain::store::Store;
-use domain::{PostBody, PostId, PostTitle, UserId, Username, posts, users};
+use domain::{CommentBody, PostBody, PostId, PostTitle, UserId, Username, posts, users};
 use platform_cache::CacheSettings;
 use platform_config::Secret;
 use platform_db::{DbSettings, ReadSource};
@@ -298,4 +299,84 @@ async fn with_the_primary_down_writes_fail_fast_and_reads_go_on() {
     );
     let page = store.list_posts(None, 20, None).await.unwrap();
     assert_eq!(page.items.len(), 1, "read from the replica");
+}
+
+/// Comments submitted at the same time share statements and commits (they come back with the
+/// same WAL position), and each caller still gets the id of its own comment.
+#[tokio::test]
+async fn concurrent_comments_share_a_commit_and_each_gets_its_own_id() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let redis = TestRedis::new();
+    let (author, post) = author_and_post(&db).await;
+    let store = store(db_settings(&db, vec![]), &redis.settings);
+    let submissions: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let text = format!("comment {i}");
+                let body = CommentBody::parse(&text).unwrap();
+                let submitted = store
+                    .submit_comment(post, author, &body, &TraceContext::default())
+                    .await;
+                (text, submitted.unwrap())
+            })
+        })
+        .collect();
+    let mut positions = Vec::new();
+    for submission in submissions {
+        let (text, (id, position)) = submission.await.unwrap();
+        let stored: String = sqlx::query_scalar("SELECT body FROM comments WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, text);
+        positions.push(position);
+    }
+    positions.sort_unstable();
+    positions.dedup();
+    assert!(
+        positions.len() < 50,
+        "every comment had a commit of its own ({} positions)",
+        positions.len()
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 50);
+}
+
+/// A comment on a missing post, submitted among good ones, fails alone.
+#[tokio::test]
+async fn a_comment_on_a_missing_post_fails_alone_among_concurrent_ones() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let redis = TestRedis::new();
+    let (author, post) = author_and_post(&db).await;
+    let store = store(db_settings(&db, vec![]), &redis.settings);
+    let submissions: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            let target = if i == 5 { PostId(424242) } else { post };
+            tokio::spawn(async move {
+                let body = CommentBody::parse("hi").unwrap();
+                store
+                    .submit_comment(target, author, &body, &TraceContext::default())
+                    .await
+            })
+        })
+        .collect();
+    for (i, submission) in submissions.into_iter().enumerate() {
+        let result = submission.await.unwrap();
+        if i == 5 {
+            assert!(matches!(result, Err(SubmitCommentError::PostNotFound)));
+        } else {
+            assert!(result.is_ok(), "comment {i}: {result:?}");
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM comments")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 9);
 }

@@ -12,12 +12,11 @@
 //! - [`Settings`], [`SpamSettings`], [`SentimentSettings`]: `BIND`, database, broker,
 //!   `CONSUME_MODE`, `PREFETCH`, `SPAM_THRESHOLD`.
 //! - [`SpamHandler`], [`SentimentHandler`]: one message's work; the effects of the messages
-//!   a worker holds at once are written together by a [`batch::Batcher`].
+//!   a worker holds at once are written together by a [`Batcher`].
 //! - [`classifier`], the naive Bayes model and its training and evaluation helpers.
 //! - [`sentiment`], VADER.
 //! - [`run_worker`]: what each binary's `main` runs; [`health`]: `/healthz`, `/readyz`.
 
-pub mod batch;
 pub mod classifier;
 pub mod health;
 pub mod sentiment;
@@ -32,6 +31,7 @@ use domain::comments::{self, Applied, CommentId, SentimentScore, SpamVerdict};
 use domain::store::Store;
 use platform_cache::CacheSettings;
 use platform_db::DbSettings;
+use platform_db::batch::{BatchError, Batcher};
 use platform_http::HttpSettings;
 use platform_messaging::{
     AmqpSettings, CommentSubmitted, ConsumeMode, Consumer, Envelope, HandlerError, IncomingMessage,
@@ -41,7 +41,6 @@ use platform_redis::{Redis, RedisSettings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::batch::{BatchError, Batcher};
 use crate::classifier::SpamModel;
 use crate::sentiment::Sentiment;
 

@@ -11,7 +11,9 @@
 //! - [`ensure_database`] and [`migrate`]: what a process runs before it serves.
 //! - [`routing`]: [`Database`], reads split across replicas with read-your-writes.
 //! - [`client_span`]: the span each query runs in, for traces.
+//! - [`batch`]: group commit, many callers' writes in one statement.
 
+pub mod batch;
 pub mod routing;
 
 use std::str::FromStr;

@@ -1,19 +1,17 @@
-//! Group commit for a worker's effects: the messages a worker holds at once are written by one
-//! statement, and each handler waits for the commit that carries its own.
+//! Group commit: writes that many tasks ask for at about the same time go to Postgres as one
+//! statement, and each task waits for the commit that carries its own.
 //!
-//! A worker handles up to `PREFETCH` messages concurrently. Written one by one, each effect was
-//! a transaction and a WAL flush of its own, and on the development machine the flushes and
-//! round trips made Postgres the most expensive part of moderating a comment. A [`Batcher`]
-//! queues the effects and a single task writes whatever is queued whenever it is free: one
-//! message waits for no one, and under load the queue fills while the previous batch commits,
-//! so batches grow with the load and never wait on a timer. Nothing changes for a handler: it
-//! returns (and its message is acked) only after the statement holding its effect committed. A
-//! batch that fails is written again one effect at a time, so an effect the database refuses
-//! fails alone instead of taking the messages beside it to their retry limit.
+//! Written one by one, each write is a transaction and a WAL flush of its own, and on the
+//! development machine those flushes and round trips made Postgres the most expensive part of
+//! the comment pipeline. A [`Batcher`] queues the writes and a single task writes whatever is
+//! queued whenever it is free: one write waits for no one, and under load the queue fills
+//! while the previous batch commits, so batches grow with the load and never wait on a timer.
+//! Nothing changes for a caller: [`Batcher::submit`] returns only after the statement holding
+//! its write committed. A batch that fails is written again one item at a time, so an item the
+//! database refuses fails alone instead of taking the items beside it with it.
 //!
-//! In traces, a batch's write hangs under the span of the first message it carries (the span
-//! current when that message was submitted); the other messages' traces end at their consume
-//! span.
+//! In traces, a batch's write hangs under the span of the first item it carries (the span
+//! current when that item was submitted); the other items' traces show only their wait.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-/// An effect waiting for its batch, and where its outcome goes.
+/// An item waiting for its batch, and where its outcome goes.
 struct Queued<I, O, E> {
     item: I,
     outcome: oneshot::Sender<Result<O, Arc<E>>>,
@@ -29,19 +27,19 @@ struct Queued<I, O, E> {
     span: tracing::Span,
 }
 
-/// Why a queued effect has no outcome.
+/// Why a queued item has no outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError<E: std::error::Error + 'static> {
-    /// The batch holding the effect failed as a whole; nothing of it was written.
+    /// The batch holding the item failed as a whole; nothing of it was written.
     #[error("the batch failed: {0}")]
     Failed(#[source] Arc<E>),
-    /// The writing task is gone (the worker is shutting down).
+    /// The writing task is gone (the process is shutting down).
     #[error("the batch writer stopped")]
     Stopped,
 }
 
-/// Writes effects of type `I` in batches of at most `max` with one call of `apply`, which
-/// returns one outcome `O` per effect, in order. Cheap to clone.
+/// Writes items of type `I` in batches of at most `max` with one call of `apply`, which
+/// returns one outcome `O` per item, in order. Cheap to clone.
 pub struct Batcher<I, O, E> {
     queue: mpsc::Sender<Queued<I, O, E>>,
 }
@@ -55,17 +53,17 @@ impl<I, O, E> Clone for Batcher<I, O, E> {
 }
 
 /// Hands each submitter its outcome. Should `apply` break its promise of one outcome per
-/// effect, the submitters left without one see [`BatchError::Stopped`].
+/// item, the submitters left without one see [`BatchError::Stopped`].
 fn answer<O, E>(outcomes: Vec<oneshot::Sender<Result<O, Arc<E>>>>, results: Vec<O>) {
     if outcomes.len() != results.len() {
         tracing::error!(
             message = "A batch returned the wrong number of outcomes.",
-            effects = outcomes.len(),
+            items = outcomes.len(),
             outcomes = results.len()
         );
     }
     for (outcome, result) in outcomes.into_iter().zip(results) {
-        // A handler that gave up waiting is redelivered; the inbox knows.
+        // A submitter that stopped waiting no longer wants its outcome; what was written stays.
         let _ = outcome.send(Ok(result));
     }
 }
@@ -102,7 +100,7 @@ where
                             .next()
                             .map(|o| o.send(Err(Arc::new(e))));
                     }
-                    // One effect the database refuses must not fail the others with it: each is
+                    // One item the database refuses must not fail the others with it: each is
                     // tried on its own, and only the failing ones get their error.
                     Err(_) => {
                         for (item, outcome) in retry.into_iter().zip(outcomes) {
@@ -121,7 +119,7 @@ where
     }
 
     /// Queues `item` and waits until the batch holding it was written. `Stopped` also answers
-    /// an effect whose batch returned no outcome for it.
+    /// an item whose batch returned no outcome for it.
     pub async fn submit(&self, item: I) -> Result<O, BatchError<E>> {
         let (outcome, written) = oneshot::channel();
         self.queue
@@ -153,7 +151,7 @@ mod tests {
     /// Effects queued while a batch is being written go out together in the next one, and each
     /// submitter gets its own outcome.
     #[tokio::test]
-    async fn effects_queued_meanwhile_share_the_next_batch() {
+    async fn items_queued_meanwhile_share_the_next_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let batcher = Batcher::spawn(16, {
             let sizes = sizes.clone();
@@ -183,9 +181,9 @@ mod tests {
         assert_eq!(*sizes.lock().unwrap(), vec![1, 4]);
     }
 
-    /// An effect that fails on its own fails, and the next batch is tried afresh.
+    /// An item that fails on its own fails, and the next batch is tried afresh.
     #[tokio::test]
-    async fn a_failed_batch_fails_each_of_its_effects() {
+    async fn a_failed_batch_fails_each_of_its_items() {
         let calls = Arc::new(Mutex::new(0));
         let batcher = Batcher::spawn(4, {
             let calls = calls.clone();
@@ -205,10 +203,10 @@ mod tests {
         assert_eq!(batcher.submit(2).await.unwrap(), 2);
     }
 
-    /// One effect the database refuses fails alone: the others of its batch are written one by
+    /// One item the database refuses fails alone: the others of its batch are written one by
     /// one and succeed.
     #[tokio::test]
-    async fn one_refused_effect_does_not_fail_the_rest_of_its_batch() {
+    async fn one_refused_item_does_not_fail_the_rest_of_its_batch() {
         let batcher = Batcher::spawn(16, |items: Vec<u32>| async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if items.contains(&13) {
