@@ -465,6 +465,12 @@ pub fn metrics<H: Judge>(name: &str, consumer: &Consumer<H>) -> platform_metrics
             );
         }
         s.counter(
+            "worker_ack_frames",
+            "basic.ack frames sent; one settles every message up to its own",
+            &labels,
+            load(&stats.ack_frames),
+        );
+        s.counter(
             "worker_broker_connections",
             "Broker connections made",
             &labels[..1],

@@ -1,6 +1,7 @@
 //! The broker behaviour the pipeline relies on, pinned against the real RabbitMQ (3.10 here).
 
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use platform_messaging::consumer::{ATTEMPT_HEADER, PARKED_REASON_HEADER};
@@ -13,6 +14,7 @@ use platform_messaging::{
     ConsumeMode, Consumer, HandlerError, IncomingMessage, MessageHandler, Outcome, OutgoingMessage,
     PublishError, Publisher,
 };
+use tokio::sync::watch;
 use uuid::Uuid;
 
 fn event(exchange: &str, body: &str) -> OutgoingMessage {
@@ -272,4 +274,84 @@ async fn a_message_without_a_uuid_message_id_is_parked_at_once() {
     assert!(consumer.handler().handled.lock().unwrap().is_empty());
     assert_eq!(t.drain(&spam.parking).await.len(), 1);
     let _ = connection.close(200, "OK".into()).await;
+}
+
+/// Finishes messages in bursts, as a worker whose effects commit in batches does: each waits for
+/// the next tick of a shared gate, and the burst wakes in no particular order.
+struct Bursty {
+    inner: Picky,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl MessageHandler for Bursty {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandlerError> {
+        self.gate.notified().await;
+        self.inner.handle(message).await
+    }
+}
+
+/// `run` acks with `multiple`: an ack covering a message settled on a retry, or one another
+/// message's ack already covered, must neither lose nor repeat a message (a repeated ack of a
+/// tag closes the channel, and every message held would come again).
+#[tokio::test]
+async fn run_coalesces_acks_and_settles_every_message_once() {
+    let t = TestTopology::create().await;
+    let spam = t.topology.subscriber(SPAM).unwrap().clone();
+    let good: Vec<String> = (0..300).map(|n| format!("good {n}")).collect();
+    let mut bodies: Vec<&str> = good.iter().map(String::as_str).collect();
+    bodies.insert(150, "poison");
+    publish(&t, &bodies).await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let ticker = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                gate.notify_waiters();
+            }
+        }
+    });
+
+    let consumer = Consumer::new(
+        t.settings.clone(),
+        spam.clone(),
+        "test",
+        ConsumeMode::Push,
+        64,
+        Bursty {
+            inner: Picky::default(),
+            gate: gate.clone(),
+        },
+    );
+    let stats = consumer.stats();
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(consumer.run(stopped));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while (stats.acked.load(Ordering::Relaxed) < 300 || stats.parked.load(Ordering::Relaxed) < 1)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the consumer stops")
+        .unwrap();
+    ticker.abort();
+
+    assert_eq!(stats.acked.load(Ordering::Relaxed), 300);
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.ack_lost.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.connections.load(Ordering::Relaxed),
+        1,
+        "the channel never broke"
+    );
+    let frames = stats.ack_frames.load(Ordering::Relaxed);
+    assert!(frames < 100, "{frames} ack frames for 303 settlements");
+    // Nothing is left unacked: a message still held would be back in the queue now.
+    assert_eq!(t.ready(&spam.work).await, 0);
+    assert_eq!(t.ready(&spam.retry).await, 0);
+    assert_eq!(t.drain(&spam.parking).await.len(), 1);
 }
