@@ -234,7 +234,7 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
     Ok(Parsed::Complete(head, len))
 }
 
-fn parse_content_length(value: &[u8]) -> io::Result<u64> {
+pub(crate) fn parse_content_length(value: &[u8]) -> io::Result<u64> {
     let value = value.trim_ascii();
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(invalid("invalid Content-Length"));
@@ -242,7 +242,7 @@ fn parse_content_length(value: &[u8]) -> io::Result<u64> {
     Ok(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-fn last_token(value: &[u8]) -> &[u8] {
+pub(crate) fn last_token(value: &[u8]) -> &[u8] {
     value
         .rsplit(|b| *b == b',')
         .next()
