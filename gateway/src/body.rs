@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::h1::ResponseFields;
 use crate::pool::BackendBody;
 use crate::server::ClientBody;
 use crate::upstream::InFlight;
@@ -154,6 +155,14 @@ impl ResponseBody {
     /// Streams a backend body.
     pub fn upstream(body: BackendBody, guard: InFlight) -> Self {
         Self::Upstream { body, guard }
+    }
+
+    /// The header fields of a backend's response, written before those of the response head.
+    pub fn backend_fields(&self) -> Option<&ResponseFields> {
+        match self {
+            Self::Full(_) => None,
+            Self::Upstream { body, .. } => Some(body.fields()),
+        }
     }
 }
 

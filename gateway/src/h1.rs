@@ -2,17 +2,17 @@
 //!
 //! Request heads are written straight from the client's parsed head, so nothing is copied into
 //! an intermediate request, and a retry writes the same borrowed head again. Response heads are
-//! parsed with `httparse` (the parser hyper uses) into header values that share the read
-//! buffer, and response bodies follow the framing rules of RFC 9112 section 6.
+//! parsed with `httparse` (the parser hyper uses); their end-to-end fields are kept as the
+//! lines the backend sent, to be written to the client as they are, since the proxy only adds
+//! to them and a header map would be built and encoded again for nothing. Response bodies
+//! follow the framing rules of RFC 9112 section 6.
 
 use std::io;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::ext::ReasonPhrase;
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode, Version};
 
 /// Header fields accepted in a response head or trailer section (hyper's client default).
@@ -23,6 +23,24 @@ pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// The longest chunk-size line accepted, extensions included.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
+
+/// The fields that describe one connection rather than the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+];
+
+/// Whether a field name (in any case) is hop-by-hop.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
 
 /// A request head as it is sent to one backend, borrowed from the client's request.
 #[derive(Debug, Clone, Copy)]
@@ -90,12 +108,36 @@ pub struct ResponseHead {
     pub version: Version,
     /// The reason phrase, kept only when it differs from the standard one.
     pub reason: Option<ReasonPhrase>,
-    /// The header fields, values sharing the read buffer.
-    pub headers: HeaderMap,
+    /// The end-to-end header fields.
+    pub fields: ResponseFields,
     /// How the body is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+}
+
+/// A response's end-to-end header fields as the backend sent them.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseFields {
+    /// `name: value` lines, each ending in CRLF, in the backend's order and case; hop-by-hop
+    /// fields, those `Connection` names, and `Content-Length` are left out.
+    pub lines: Bytes,
+    /// The backend's `Content-Length`.
+    pub content_length: Option<u64>,
+    /// Whether the backend sent a `Date`.
+    pub dated: bool,
+}
+
+impl ResponseFields {
+    /// The value of the first field called `name` (in any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.lines.split(|b| *b == b'\n').find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
 }
 
 /// Parses the response head at the front of `buf`, skipping interim (1xx) responses, and
@@ -173,34 +215,54 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
         .filter(|r| Some(*r) != status.canonical_reason())
         .and_then(|r| ReasonPhrase::try_from(data.slice_ref(r.as_bytes())).ok());
 
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut dated = false;
+    // Fields a `Connection` names are hop-by-hop too (rare: the list is empty).
+    let mut named: Vec<&[u8]> = Vec::new();
     for header in response.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(invalid)?;
-        let value =
-            HeaderValue::from_maybe_shared(data.slice_ref(header.value)).map_err(invalid)?;
-        if name == CONTENT_LENGTH {
+        let name = header.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = parse_content_length(header.value)?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(invalid("conflicting Content-Length values"));
             }
             content_length = Some(n);
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             // Only the final coding decides the framing.
             chunked = last_token(header.value).eq_ignore_ascii_case(b"chunked");
-        } else if name == CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in header.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
             }
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
         }
-        headers.append(name, value);
+    }
+    let mut lines = Vec::with_capacity(len);
+    for header in response.headers.iter() {
+        let name = header.name.as_bytes();
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        lines.extend_from_slice(name);
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(header.value);
+        lines.extend_from_slice(b"\r\n");
     }
 
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
@@ -227,7 +289,11 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
         status,
         version,
         reason,
-        headers,
+        fields: ResponseFields {
+            lines: Bytes::from(lines),
+            content_length,
+            dated,
+        },
         framing,
         keep_alive,
     };
@@ -426,7 +492,8 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(3));
         assert!(head.keep_alive);
         assert!(head.reason.is_none());
-        assert_eq!(head.headers["x-y"], "z");
+        assert_eq!(head.fields.get("x-y"), Some(&b"z"[..]));
+        assert_eq!(head.fields.content_length, Some(3));
         assert_eq!(take_whole_body(&mut rest, head.framing).unwrap(), "ok\n");
     }
 
@@ -481,6 +548,22 @@ mod tests {
             false,
         );
         assert!(!closing.0.unwrap().keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\
+              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: A b\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .0
+        .unwrap();
+        assert_eq!(
+            &head.fields.lines[..],
+            b"Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: A b\r\n"
+        );
+        assert!(head.fields.dated);
     }
 
     #[test]

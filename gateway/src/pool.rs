@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, UpstreamBody};
-use crate::h1::{self, Chunked, Decoded, Framing, RequestHead};
+use crate::h1::{self, Chunked, Decoded, Framing, RequestHead, ResponseFields};
 use crate::upstream::now_ms;
 
 /// Idle connections kept per backend; more are closed when they come back.
@@ -272,6 +272,7 @@ impl Conn {
         };
         let mut body = BackendBody {
             state,
+            fields: response.fields,
             conn: Some(self),
             upload,
             reusable,
@@ -282,7 +283,6 @@ impl Conn {
         let mut built = Response::new(body);
         *built.status_mut() = response.status;
         *built.version_mut() = response.version;
-        *built.headers_mut() = response.headers;
         if let Some(reason) = response.reason {
             built.extensions_mut().insert(reason);
         }
@@ -401,15 +401,25 @@ impl BodyState {
 
 /// A backend's response body, read from the connection as the client takes it. The connection
 /// goes back to the pool as soon as the body has been read to its end.
+///
+/// The response's header fields travel with it, as the lines the backend sent, so they reach
+/// the client's connection without being rebuilt into a header map; the response's own map
+/// holds only what the gateway adds.
 #[derive(Debug)]
 pub struct BackendBody {
     state: BodyState,
+    fields: ResponseFields,
     conn: Option<Conn>,
     upload: Option<Upload>,
     reusable: bool,
 }
 
 impl BackendBody {
+    /// The end-to-end header fields of the response.
+    pub fn fields(&self) -> &ResponseFields {
+        &self.fields
+    }
+
     /// Returns the connection to its pool if it is in a known state, or closes it.
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else {

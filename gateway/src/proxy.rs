@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Body;
-use hyper::header::{
-    CONNECTION, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Method, Request, Response};
 
@@ -35,8 +32,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -358,15 +353,15 @@ async fn attempt(
     }
 }
 
-/// Builds the client's response: backend head without hop-by-hop headers, the affinity cookie
-/// when the client is not (or no longer) pinned to this backend, and the streamed body.
+/// Builds the client's response: the backend's status and fields (hop-by-hop ones were left
+/// out as its head was parsed), the affinity cookie when the client is not (or no longer)
+/// pinned to this backend, and the streamed body.
 fn respond(
     (response, guard): (Response<BackendBody>, InFlight),
     upstream: &Upstream,
     pinned: Option<u64>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
     let backend = guard.backend();
     if let Some(cookie) = &backend.sticky_set_cookie
         && upstream.sticky_cookie.is_some()
@@ -382,55 +377,6 @@ fn body_error(e: BodyError) -> ProxyError {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
         BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
     }
-}
-
-/// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
-/// including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names, comparing without hashing, keeps the usual case (none present)
-    // cheap.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(CONNECTION);
-    }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-}
-
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == TE
-        || name == TRAILER
-        || name == UPGRADE
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
 }
 
 /// Sets `X-Forwarded-*`: a trusted proxy's values are kept and extended, anyone else's are
@@ -516,18 +462,6 @@ mod tests {
         assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
         assert_eq!(cookie(&h, "si"), None);
         assert_eq!(cookie(&h, "c"), None);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("traceparent"));
     }
 
     #[test]

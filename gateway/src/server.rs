@@ -26,8 +26,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue, TE,
-    TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
 };
 use hyper::http::response;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -38,7 +37,7 @@ use tokio::sync::watch;
 use crate::body::ResponseBody;
 use crate::conn::Deadline;
 use crate::error::ProxyError;
-use crate::h1::{self, Chunked, Decoded};
+use crate::h1::{self, Chunked, Decoded, ResponseFields};
 use crate::pool::poll_fill;
 use crate::proxy::{self, Peer};
 use crate::state::{Runtime, Shared};
@@ -274,8 +273,31 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     let mut trailers = false;
     let mut named_by_connection: Vec<HeaderName> = Vec::new();
     for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| ProxyError::BadRequest(MALFORMED))?;
+        let raw_name = field.name.as_bytes();
+        if h1::is_hop_by_hop(raw_name) {
+            if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // Only the final coding decides the framing.
+                chunked = Some(h1::last_token(field.value).eq_ignore_ascii_case(b"chunked"));
+            } else if raw_name.eq_ignore_ascii_case(b"connection") {
+                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    } else if let Ok(named) = HeaderName::from_bytes(token) {
+                        named_by_connection.push(named);
+                    }
+                }
+            } else if raw_name.eq_ignore_ascii_case(b"te") {
+                trailers |= field
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            }
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw_name).map_err(|_| ProxyError::BadRequest(MALFORMED))?;
         if name == CONTENT_LENGTH {
             let n = h1::parse_content_length(field.value)
                 .map_err(|_| ProxyError::BadRequest("invalid Content-Length"))?;
@@ -286,27 +308,6 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 Some(_) => continue,
                 None => content_length = Some(n),
             }
-        } else if proxy::is_hop_by_hop(&name) {
-            if name == TRANSFER_ENCODING {
-                // Only the final coding decides the framing.
-                chunked = Some(h1::last_token(field.value).eq_ignore_ascii_case(b"chunked"));
-            } else if name == CONNECTION {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive_token = true;
-                    } else if let Ok(named) = HeaderName::from_bytes(token) {
-                        named_by_connection.push(named);
-                    }
-                }
-            } else if name == TE {
-                trailers |= field
-                    .value
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
-            }
-            continue;
         } else if name == EXPECT
             && field
                 .value
@@ -570,7 +571,14 @@ impl Connection {
             Outgoing::Chunked
         };
         self.out.clear();
-        encode_response_head(&mut self.out, &parts, exchange.http10, outgoing, close);
+        encode_response_head(
+            &mut self.out,
+            &parts,
+            body.backend_fields(),
+            exchange.http10,
+            outgoing,
+            close,
+        );
         drop(parts);
         if let Outgoing::Bodiless { .. } = outgoing {
             drop(body);
@@ -731,6 +739,7 @@ impl Connection {
 fn encode_response_head(
     out: &mut Vec<u8>,
     parts: &response::Parts,
+    backend_fields: Option<&ResponseFields>,
     http10: bool,
     outgoing: Outgoing,
     close: bool,
@@ -751,6 +760,13 @@ fn encode_response_head(
     out.extend_from_slice(b"\r\n");
     let keep_length = outgoing == Outgoing::Bodiless { keep_length: true };
     let mut dated = false;
+    if let Some(fields) = backend_fields {
+        out.extend_from_slice(&fields.lines);
+        dated = fields.dated;
+        if keep_length && let Some(n) = fields.content_length {
+            encode_length(out, n);
+        }
+    }
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH {
             if !keep_length {
@@ -765,11 +781,7 @@ fn encode_response_head(
         encode_field(out, name, value);
     }
     match outgoing {
-        Outgoing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            encode_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Outgoing::Length(n) => encode_length(out, n),
         Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Outgoing::Bodiless { .. } | Outgoing::UntilClose => {}
     }
@@ -794,6 +806,12 @@ fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    encode_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -923,13 +941,13 @@ mod tests {
         );
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
-        encode_response_head(&mut out, &parts, false, Outgoing::Length(12), false);
+        encode_response_head(&mut out, &parts, None, false, Outgoing::Length(12), false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 12\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_response_head(&mut out, &parts, true, Outgoing::UntilClose, true);
+        encode_response_head(&mut out, &parts, None, true, Outgoing::UntilClose, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(!text.contains("content-length"), "{text}");

@@ -307,3 +307,63 @@ async fn a_backend_slower_than_the_response_timeout_gets_504_and_the_connection_
         assert_eq!(c.response(false).await.status(), 200);
     }
 }
+
+/// A backend that answers every request head with `response`, keeping the connection open.
+async fn scripted_backend(response: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                    seen.extend_from_slice(&chunk[..n]);
+                    while let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..at + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_fields_pass_through_without_hop_by_hop_ones_and_trailers_only_when_asked_for() {
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\nConnection: X-Secret\r\nX-Secret: s\r\n\
+          Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+          3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n",
+    )
+    .await;
+    let toml = format!(
+        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut c = Client::connect(&gw).await;
+
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\nte: trailers\r\n\r\n")
+        .await;
+    let head = String::from_utf8(c.take_until(b"\r\n\r\n").await).unwrap();
+    assert!(head.contains("\r\nX-Case: Kept\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    for gone in ["x-secret", "keep-alive", "trailer:", "connection: x-secret"] {
+        assert!(
+            !head.to_ascii_lowercase().contains(gone),
+            "{gone} in {head}"
+        );
+    }
+    assert_eq!(c.take_until(b"0\r\n").await, b"3\r\nabc\r\n0\r\n");
+    assert_eq!(c.take_until(b"\r\n\r\n").await, b"x-sum: 7\r\n\r\n");
+
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.body, b"abc");
+    // Nothing is left over from a trailer section the client did not ask for.
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    assert_eq!(c.response(false).await.body, b"abc");
+}
