@@ -24,22 +24,47 @@ pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// The longest chunk-size line accepted, extensions included.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
 
-/// The fields that describe one connection rather than the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&[u8]; 9] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-];
+/// What a header field means to a hop, told from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Te,
+    Date,
+    /// Another field that describes one connection rather than the message (RFC 9110 7.6.1).
+    HopByHop,
+    /// An end-to-end field.
+    Other,
+}
 
-/// Whether a field name (in any case) is hop-by-hop.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+/// Classifies a field name in any case. The length picks at most two candidates, so the
+/// common names cost one comparison or none.
+pub(crate) fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
+    match name.len() {
+        2 if is(b"te") => FieldKind::Te,
+        4 if is(b"date") => FieldKind::Date,
+        7 if is(b"trailer") || is(b"upgrade") => FieldKind::HopByHop,
+        10 if is(b"connection") => FieldKind::Connection,
+        10 if is(b"keep-alive") => FieldKind::HopByHop,
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        16 if is(b"proxy-connection") => FieldKind::HopByHop,
+        17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+        18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+        19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
+impl FieldKind {
+    /// Whether the field is this hop's only and must not be passed on.
+    pub(crate) fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Self::TransferEncoding | Self::Connection | Self::Te | Self::HopByHop
+        )
+    }
 }
 
 /// A request head as it is sent to one backend, borrowed from the client's request.
@@ -223,19 +248,20 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
     let mut dated = false;
     // Fields a `Connection` names are hop-by-hop too (rare: the list is empty).
     let mut named: Vec<&[u8]> = Vec::new();
-    for header in response.headers.iter() {
-        let name = header.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+    let mut kinds = [FieldKind::Other; MAX_HEADERS];
+    for (header, kind) in response.headers.iter().zip(&mut kinds) {
+        *kind = field_kind(header.name.as_bytes());
+        if *kind == FieldKind::ContentLength {
             let n = parse_content_length(header.value)?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(invalid("conflicting Content-Length values"));
             }
             content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if *kind == FieldKind::TransferEncoding {
             transfer_encoding = true;
             // Only the final coding decides the framing.
             chunked = last_token(header.value).eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if *kind == FieldKind::Connection {
             for token in header.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -246,15 +272,15 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
                     named.push(token);
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"date") {
+        } else if *kind == FieldKind::Date {
             dated = true;
         }
     }
     let mut lines = Vec::with_capacity(len);
-    for header in response.headers.iter() {
+    for (header, kind) in response.headers.iter().zip(kinds) {
         let name = header.name.as_bytes();
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"content-length")
+        if kind.is_hop_by_hop()
+            || kind == FieldKind::ContentLength
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
             continue;
@@ -548,6 +574,17 @@ mod tests {
             false,
         );
         assert!(!closing.0.unwrap().keep_alive);
+    }
+
+    #[test]
+    fn field_names_are_classified_in_any_case() {
+        assert_eq!(field_kind(b"Content-Length"), FieldKind::ContentLength);
+        assert_eq!(field_kind(b"TE"), FieldKind::Te);
+        assert_eq!(field_kind(b"Keep-Alive"), FieldKind::HopByHop);
+        assert_eq!(field_kind(b"Connection"), FieldKind::Connection);
+        assert_eq!(field_kind(b"User-Agent"), FieldKind::Other);
+        assert_eq!(field_kind(b"Proxy-Authorization"), FieldKind::HopByHop);
+        assert!(!FieldKind::Date.is_hop_by_hop());
     }
 
     #[test]

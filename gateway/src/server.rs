@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use crate::body::ResponseBody;
 use crate::conn::Deadline;
 use crate::error::ProxyError;
-use crate::h1::{self, Chunked, Decoded, ResponseFields};
+use crate::h1::{self, Chunked, Decoded, FieldKind, ResponseFields};
 use crate::pool::poll_fill;
 use crate::proxy::{self, Peer};
 use crate::state::{Runtime, Shared};
@@ -274,11 +274,12 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     let mut named_by_connection: Vec<HeaderName> = Vec::new();
     for field in request.headers.iter() {
         let raw_name = field.name.as_bytes();
-        if h1::is_hop_by_hop(raw_name) {
-            if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
+        let kind = h1::field_kind(raw_name);
+        if kind.is_hop_by_hop() {
+            if kind == FieldKind::TransferEncoding {
                 // Only the final coding decides the framing.
                 chunked = Some(h1::last_token(field.value).eq_ignore_ascii_case(b"chunked"));
-            } else if raw_name.eq_ignore_ascii_case(b"connection") {
+            } else if kind == FieldKind::Connection {
                 for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -288,7 +289,7 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                         named_by_connection.push(named);
                     }
                 }
-            } else if raw_name.eq_ignore_ascii_case(b"te") {
+            } else if kind == FieldKind::Te {
                 trailers |= field
                     .value
                     .split(|b| *b == b',')
