@@ -441,14 +441,31 @@ pub async fn serve(
         idle_deadline: Deadline::new(),
         response_deadline: Deadline::new(),
     };
-    // The shutdown signal is watched once per connection rather than once per request.
     let requests = connection.serve_requests(&busy, &stopping);
     tokio::pin!(requests);
-    tokio::select! {
-        () = requests.as_mut() => return,
-        _ = shutdown.changed() => {}
-    }
-    if busy.load(Ordering::Relaxed) {
+    let probe = shutdown.clone();
+    let signal = shutdown.changed();
+    tokio::pin!(signal);
+    let mut watching = false;
+    let shut_down = poll_fn(|cx| {
+        if requests.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        // The signal is polled once, to leave the task's waker with it; after that, reading
+        // its version tells whether it is what woke the task, which is cheaper than polling
+        // it again on every wake-up of a busy connection.
+        if !watching {
+            watching = true;
+            return signal.as_mut().poll(cx).map(|_| true);
+        }
+        if probe.has_changed().unwrap_or(true) {
+            Poll::Ready(true)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    if shut_down && busy.load(Ordering::Relaxed) {
         stopping.store(true, Ordering::Relaxed);
         requests.await;
     }

@@ -367,3 +367,23 @@ async fn backend_fields_pass_through_without_hop_by_hop_ones_and_trailers_only_w
     c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
     assert_eq!(c.response(false).await.body, b"abc");
 }
+
+#[tokio::test]
+async fn shutdown_closes_an_idle_keep_alive_connection_at_once() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "")).await;
+    let mut c = Client::connect(&gw).await;
+    for _ in 0..2 {
+        c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+        assert_eq!(c.response(false).await.status(), 200);
+    }
+    let started = std::time::Instant::now();
+    let run = gw.stop().await;
+    assert!(c.is_closed().await);
+    run.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
