@@ -549,8 +549,13 @@ impl Connection {
             drop(rt);
             let body_unread = {
                 let mut wire = lock(&self.wire);
-                // An answer given before the body was asked for needs no `100 Continue`.
-                wire.continue_left = 0;
+                // An answer given before the body was asked for needs no `100 Continue`; one
+                // that was begun is finished ahead of the final answer.
+                let left = std::mem::take(&mut wire.continue_left);
+                if left > 0 && left < CONTINUE.len() {
+                    self.out
+                        .extend_from_slice(&CONTINUE[CONTINUE.len() - left..]);
+                }
                 wire.body != BodyFraming::Done
             };
             // A body still coming cannot be told apart from the next request: the connection
@@ -567,7 +572,8 @@ impl Connection {
         }
     }
 
-    /// Writes one response; `true` if the connection can carry another request.
+    /// Writes one response after whatever `out` already holds; `true` if the connection can
+    /// carry another request.
     async fn respond(
         &mut self,
         response: Response<ResponseBody>,
@@ -588,7 +594,6 @@ impl Connection {
         } else {
             Outgoing::Chunked
         };
-        self.out.clear();
         encode_response_head(
             &mut self.out,
             &parts,
