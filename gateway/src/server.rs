@@ -55,6 +55,10 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// leave in one system call; a larger one is written from where it is.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 
+/// Gathered response bytes are written once there are this many, so a backend faster than its
+/// client does not pile its body up in memory.
+const FLUSH_BYTES: usize = 64 * 1024;
+
 /// How long a connection closed with a request body still coming is read and discarded, so
 /// the answer already sent is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -680,6 +684,9 @@ impl Connection {
             }
             if chunked {
                 self.out.extend_from_slice(b"\r\n");
+            }
+            if self.out.len() >= FLUSH_BYTES && !self.write(&[]).await {
+                return false;
             }
         }
         match outgoing {
