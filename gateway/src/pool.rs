@@ -274,7 +274,7 @@ impl Conn {
             state,
             fields: response.fields,
             conn: Some(self),
-            upload,
+            upload: upload.map(Box::new),
             reusable,
         };
         if body.state.read_all() {
@@ -410,7 +410,9 @@ pub struct BackendBody {
     state: BodyState,
     fields: ResponseFields,
     conn: Option<Conn>,
-    upload: Option<Upload>,
+    /// Boxed: a body still uploading once the response has come is rare, and inline it would
+    /// make every response larger to move.
+    upload: Option<Box<Upload>>,
     reusable: bool,
 }
 
