@@ -387,3 +387,23 @@ async fn shutdown_closes_an_idle_keep_alive_connection_at_once() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_a_body_of_unknown_length_ended_by_closing() {
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .await;
+    let toml = format!(
+        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut c = Client::connect(&gw).await;
+    c.send(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert!(r.head.starts_with("HTTP/1.0 200 OK\r\n"), "{}", r.head);
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.body, b"abcde");
+}
