@@ -258,8 +258,8 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without traffic, finishes
-/// the request in flight and closes.
+/// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without
+/// traffic, finishes the request in flight and closes.
 async fn serve_http<S>(
     builder: http1::Builder,
     stream: TcpStream,
