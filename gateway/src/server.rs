@@ -448,7 +448,9 @@ pub async fn serve(
     let requests = connection.serve_requests(&busy, &stopping);
     tokio::pin!(requests);
     let probe = shutdown.clone();
-    let signal = shutdown.changed();
+    // Unconstrained: tokio's cooperative budget must not turn the one poll that registers
+    // the waker into a spurious `Pending`.
+    let signal = tokio::task::unconstrained(shutdown.changed());
     tokio::pin!(signal);
     let mut watching = false;
     let shut_down = poll_fn(|cx| {
