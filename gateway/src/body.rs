@@ -9,9 +9,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
+use crate::h1::ResponseFields;
 use crate::pool::BackendBody;
+use crate::server::ClientBody;
 use crate::upstream::InFlight;
 
 /// Why a request body could not be forwarded.
@@ -22,7 +24,7 @@ pub enum BodyError {
     TooLarge(u64),
     /// Reading from the client failed.
     #[error("reading the request body failed")]
-    Client(#[source] hyper::Error),
+    Client(#[source] std::io::Error),
 }
 
 /// A request body on its way to a backend.
@@ -35,7 +37,7 @@ pub enum UpstreamBody {
     /// A body streamed from the client, cut off past the size limit.
     Stream {
         /// The client's body.
-        body: Incoming,
+        body: ClientBody,
         /// Bytes still allowed.
         remaining: u64,
         /// The limit, for the error message.
@@ -45,7 +47,7 @@ pub enum UpstreamBody {
 
 impl UpstreamBody {
     /// Wraps a client body with the size limit.
-    pub fn stream(body: Incoming, limit: u64) -> Self {
+    pub fn stream(body: ClientBody, limit: u64) -> Self {
         Self::Stream {
             body,
             remaining: limit,
@@ -54,7 +56,7 @@ impl UpstreamBody {
     }
 
     /// Reads a client body of at most `limit` bytes into memory.
-    pub async fn buffer(body: Incoming, limit: u64) -> Result<Self, BodyError> {
+    pub async fn buffer(body: ClientBody, limit: u64) -> Result<Self, BodyError> {
         let mut stream = Self::stream(body, limit);
         let mut collected = bytes::BytesMut::new();
         while let Some(frame) = stream.frame().await {
@@ -153,6 +155,14 @@ impl ResponseBody {
     /// Streams a backend body.
     pub fn upstream(body: BackendBody, guard: InFlight) -> Self {
         Self::Upstream { body, guard }
+    }
+
+    /// The header fields of a backend's response, written before those of the response head.
+    pub fn backend_fields(&self) -> Option<&ResponseFields> {
+        match self {
+            Self::Full(_) => None,
+            Self::Upstream { body, .. } => Some(body.fields()),
+        }
     }
 }
 

@@ -1,11 +1,16 @@
-//! Client connections: an idle timeout that costs one timer per connection, not per request.
+//! Client connections: timeouts that cost one timer per connection, not per request.
 //!
 //! hyper's own header-read timeout allocates and registers a new timer for every request on a
-//! keep-alive connection. Instead, the socket records the time of its last read or write, and
-//! one watchdog per connection sleeps until that time plus `idle_ms`.
+//! keep-alive connection. Instead, on the admin listener the socket records the time of its
+//! last read or write, and one watchdog per connection sleeps until that time plus `idle_ms`.
+//! The public listener's server keeps a [`Deadline`] per connection for each timeout (idle,
+//! backend response) and moves it on for every request: pushing a registered timer later
+//! touches no shared timer state, where a fresh `tokio::time::timeout` registers and
+//! deregisters one each time.
 
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -13,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::upstream::now_ms;
 
@@ -105,5 +111,68 @@ pub async fn idle(clock: &AtomicU64, limit: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+    }
+}
+
+/// A timer owned by one connection and re-armed for each request.
+#[derive(Debug, Default)]
+pub struct Deadline {
+    /// Created on first use: most connections never need some of their timeouts.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// A deadline not armed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the instant at which [`within`](Self::within) gives up.
+    pub fn arm(&mut self, at: Instant) {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Runs `future` until it completes or the armed instant passes (`None`). Unarmed, it
+    /// only runs the future.
+    pub async fn within<F: Future>(&mut self, future: F) -> Option<F::Output> {
+        let mut future = pin!(future);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().poll(cx).map(|()| None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Runs `future` for at most `limit` from the moment it first has to wait, so a future
+    /// that is ready at once costs neither a clock read nor a timer update.
+    pub async fn within_once_waiting<F: Future>(
+        &mut self,
+        limit: Duration,
+        future: F,
+    ) -> Option<F::Output> {
+        let mut future = pin!(future);
+        let mut armed = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            if !armed {
+                armed = true;
+                self.arm(Instant::now() + limit);
+            }
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().poll(cx).map(|()| None),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! Request heads are written straight from the client's parsed head, so nothing is copied into
 //! an intermediate request, and a retry writes the same borrowed head again. Response heads are
-//! parsed with `httparse` (the parser hyper uses) into header values that share the read
-//! buffer, and response bodies follow the framing rules of RFC 9112 section 6.
+//! parsed with `httparse` (the parser hyper uses); their end-to-end fields are kept as the
+//! lines the backend sent, to be written to the client as they are, since the proxy only adds
+//! to them and a header map would be built and encoded again for nothing. Response bodies
+//! follow the framing rules of RFC 9112 section 6.
 
 use std::io;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::ext::ReasonPhrase;
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode, Version};
 
 /// Header fields accepted in a response head or trailer section (hyper's client default).
@@ -23,6 +23,49 @@ pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// The longest chunk-size line accepted, extensions included.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
+
+/// What a header field means to a hop, told from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Te,
+    Date,
+    /// Another field that describes one connection rather than the message (RFC 9110 7.6.1).
+    HopByHop,
+    /// An end-to-end field.
+    Other,
+}
+
+/// Classifies a field name in any case. The length picks at most two candidates, so the
+/// common names cost one comparison or none.
+pub(crate) fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |candidate: &[u8]| name.eq_ignore_ascii_case(candidate);
+    match name.len() {
+        2 if is(b"te") => FieldKind::Te,
+        4 if is(b"date") => FieldKind::Date,
+        7 if is(b"trailer") || is(b"upgrade") => FieldKind::HopByHop,
+        10 if is(b"connection") => FieldKind::Connection,
+        10 if is(b"keep-alive") => FieldKind::HopByHop,
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        16 if is(b"proxy-connection") => FieldKind::HopByHop,
+        17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+        18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+        19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
+impl FieldKind {
+    /// Whether the field is this hop's only and must not be passed on.
+    pub(crate) fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Self::TransferEncoding | Self::Connection | Self::Te | Self::HopByHop
+        )
+    }
+}
 
 /// A request head as it is sent to one backend, borrowed from the client's request.
 #[derive(Debug, Clone, Copy)]
@@ -90,12 +133,36 @@ pub struct ResponseHead {
     pub version: Version,
     /// The reason phrase, kept only when it differs from the standard one.
     pub reason: Option<ReasonPhrase>,
-    /// The header fields, values sharing the read buffer.
-    pub headers: HeaderMap,
+    /// The end-to-end header fields.
+    pub fields: ResponseFields,
     /// How the body is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+}
+
+/// A response's end-to-end header fields as the backend sent them.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseFields {
+    /// `name: value` lines, each ending in CRLF, in the backend's order and case; hop-by-hop
+    /// fields, those `Connection` names, and `Content-Length` are left out.
+    pub lines: Bytes,
+    /// The backend's `Content-Length`.
+    pub content_length: Option<u64>,
+    /// Whether the backend sent a `Date`.
+    pub dated: bool,
+}
+
+impl ResponseFields {
+    /// The value of the first field called `name` (in any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.lines.split(|b| *b == b'\n').find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
 }
 
 /// Parses the response head at the front of `buf`, skipping interim (1xx) responses, and
@@ -173,34 +240,55 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
         .filter(|r| Some(*r) != status.canonical_reason())
         .and_then(|r| ReasonPhrase::try_from(data.slice_ref(r.as_bytes())).ok());
 
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
-    for header in response.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(invalid)?;
-        let value =
-            HeaderValue::from_maybe_shared(data.slice_ref(header.value)).map_err(invalid)?;
-        if name == CONTENT_LENGTH {
+    let mut dated = false;
+    // Fields a `Connection` names are hop-by-hop too (rare: the list is empty).
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut kinds = [FieldKind::Other; MAX_HEADERS];
+    for (header, kind) in response.headers.iter().zip(&mut kinds) {
+        *kind = field_kind(header.name.as_bytes());
+        if *kind == FieldKind::ContentLength {
             let n = parse_content_length(header.value)?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(invalid("conflicting Content-Length values"));
             }
             content_length = Some(n);
-        } else if name == TRANSFER_ENCODING {
+        } else if *kind == FieldKind::TransferEncoding {
             transfer_encoding = true;
             // Only the final coding decides the framing.
             chunked = last_token(header.value).eq_ignore_ascii_case(b"chunked");
-        } else if name == CONNECTION {
+        } else if *kind == FieldKind::Connection {
             for token in header.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
             }
+        } else if *kind == FieldKind::Date {
+            dated = true;
         }
-        headers.append(name, value);
+    }
+    let mut lines = Vec::with_capacity(len);
+    for (header, kind) in response.headers.iter().zip(kinds) {
+        let name = header.name.as_bytes();
+        if kind.is_hop_by_hop()
+            || kind == FieldKind::ContentLength
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        lines.extend_from_slice(name);
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(header.value);
+        lines.extend_from_slice(b"\r\n");
     }
 
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
@@ -227,14 +315,18 @@ fn parse_one(data: &Bytes, offset: usize, head_request: bool) -> io::Result<Pars
         status,
         version,
         reason,
-        headers,
+        fields: ResponseFields {
+            lines: Bytes::from(lines),
+            content_length,
+            dated,
+        },
         framing,
         keep_alive,
     };
     Ok(Parsed::Complete(head, len))
 }
 
-fn parse_content_length(value: &[u8]) -> io::Result<u64> {
+pub(crate) fn parse_content_length(value: &[u8]) -> io::Result<u64> {
     let value = value.trim_ascii();
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(invalid("invalid Content-Length"));
@@ -242,7 +334,7 @@ fn parse_content_length(value: &[u8]) -> io::Result<u64> {
     Ok(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-fn last_token(value: &[u8]) -> &[u8] {
+pub(crate) fn last_token(value: &[u8]) -> &[u8] {
     value
         .rsplit(|b| *b == b',')
         .next()
@@ -426,7 +518,8 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(3));
         assert!(head.keep_alive);
         assert!(head.reason.is_none());
-        assert_eq!(head.headers["x-y"], "z");
+        assert_eq!(head.fields.get("x-y"), Some(&b"z"[..]));
+        assert_eq!(head.fields.content_length, Some(3));
         assert_eq!(take_whole_body(&mut rest, head.framing).unwrap(), "ok\n");
     }
 
@@ -481,6 +574,33 @@ mod tests {
             false,
         );
         assert!(!closing.0.unwrap().keep_alive);
+    }
+
+    #[test]
+    fn field_names_are_classified_in_any_case() {
+        assert_eq!(field_kind(b"Content-Length"), FieldKind::ContentLength);
+        assert_eq!(field_kind(b"TE"), FieldKind::Te);
+        assert_eq!(field_kind(b"Keep-Alive"), FieldKind::HopByHop);
+        assert_eq!(field_kind(b"Connection"), FieldKind::Connection);
+        assert_eq!(field_kind(b"User-Agent"), FieldKind::Other);
+        assert_eq!(field_kind(b"Proxy-Authorization"), FieldKind::HopByHop);
+        assert!(!FieldKind::Date.is_hop_by_hop());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\
+              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: A b\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .0
+        .unwrap();
+        assert_eq!(
+            &head.fields.lines[..],
+            b"Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: A b\r\n"
+        );
+        assert!(head.fields.dated);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   the admin API swaps.
 //! - [`balance`]: the load-balancing policies, each a small type over a [`balance::Pool`].
 //! - [`health`]: active health checks and passive re-admission.
-//! - [`conn`]: client connections and their idle timeout.
+//! - [`server`]: the HTTP/1.1 server codec of the public listener (the admin listener uses
+//!   hyper's); [`conn`] holds the per-connection timers of both.
 //! - [`proxy`]: the L7 path; [`body`] holds its request and response body types, [`pool`] the
 //!   keep-alive connections to each backend, and [`h1`] the HTTP/1.1 codec spoken on them.
 //! - [`tcp`]: the L4 path.
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod server;
 pub mod state;
 pub mod tcp;
 pub mod upstream;
@@ -150,6 +152,7 @@ impl Gateway {
         // Every connection task holds a sender; when all are gone, the receiver sees `None`.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let config = shared.runtime().config.clone();
+        // The admin listener's server; the public one is `server`.
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -162,18 +165,17 @@ impl Gateway {
         let idle = Duration::from_millis(config.timeouts.idle_ms);
         let public = {
             let shared = Arc::clone(&shared);
-            let builder = builder.clone();
             accept_loop(
                 listener,
                 shared.shutdown.subscribe(),
                 done_tx.clone(),
                 move |stream, peer, shutdown, done| {
                     let shared = Arc::clone(&shared);
-                    let peer = Arc::new(Peer::new(peer));
-                    let service = service_fn(move |req| {
-                        proxy::serve(Arc::clone(&shared), Arc::clone(&peer), req, tracing)
-                    });
-                    serve_http(builder.clone(), stream, service, idle, shutdown, done)
+                    async move {
+                        let _done = done;
+                        server::serve(stream, shared, Peer::new(peer), tracing, idle, shutdown)
+                            .await;
+                    }
                 },
             )
         };
@@ -256,8 +258,8 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Serves HTTP/1.1 on one connection; on shutdown or after `idle` without traffic, finishes
-/// the request in flight and closes.
+/// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without
+/// traffic, finishes the request in flight and closes.
 async fn serve_http<S>(
     builder: http1::Builder,
     stream: TcpStream,

@@ -1,7 +1,8 @@
 //! Admission limits: the per-client rate limit and the retry budget.
 //!
-//! Body and header size limits are enforced where the bytes are read (`proxy.rs` and
-//! `body.rs`); this module holds the two limits that keep state between requests.
+//! Body and header size limits are enforced where the bytes are read (`server.rs` for the
+//! request head, `proxy.rs` and `body.rs` for the body); this module holds the two limits that
+//! keep state between requests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, UpstreamBody};
-use crate::h1::{self, Chunked, Decoded, Framing, RequestHead};
+use crate::h1::{self, Chunked, Decoded, Framing, RequestHead, ResponseFields};
 use crate::upstream::now_ms;
 
 /// Idle connections kept per backend; more are closed when they come back.
@@ -68,11 +68,22 @@ impl Connection {
 
     /// Reads more bytes into the read buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
-            self.read_buf.reserve(READ_BUFFER_BYTES);
-        }
-        pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
+        poll_fill(&mut self.stream, &mut self.read_buf, cx)
     }
+}
+
+/// Reads more bytes from `stream` into `buf`, growing it when little room is left; `Ok(0)` is
+/// the end of the stream. Once the bytes split off earlier are dropped, growing reuses their
+/// allocation.
+pub(crate) fn poll_fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ_SPACE {
+        buf.reserve(READ_BUFFER_BYTES);
+    }
+    pin!(stream.read_buf(buf)).poll(cx)
 }
 
 /// The idle connections of one backend.
@@ -123,13 +134,14 @@ impl ConnPool {
 
     /// The most recently used idle connection that is still open.
     fn take_idle(self: &Arc<Self>) -> Option<Conn> {
+        let now = now_ms();
         loop {
             let idle = self
                 .idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_back()?;
-            if !self.is_fresh(&idle) {
+            if !self.is_fresh(&idle, now) {
                 continue;
             }
             return Some(Conn {
@@ -154,23 +166,23 @@ impl ConnPool {
         })
     }
 
-    fn is_fresh(&self, idle: &Idle) -> bool {
-        now_ms().saturating_sub(idle.since_ms) <= self.idle_timeout_ms
-            && idle.connection.is_usable()
+    fn is_fresh(&self, idle: &Idle, now_ms: u64) -> bool {
+        now_ms.saturating_sub(idle.since_ms) <= self.idle_timeout_ms && idle.connection.is_usable()
     }
 
     fn release(&self, connection: Box<Connection>) {
+        let now = now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Idle connections are not read, so one the backend closed would wait at the front
         // until it is taken; each release closes the oldest if it expired or was closed.
         let stale = idle
             .front()
-            .is_some_and(|oldest| !self.is_fresh(oldest))
+            .is_some_and(|oldest| !self.is_fresh(oldest, now))
             .then(|| idle.pop_front());
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle {
                 connection,
-                since_ms: now_ms(),
+                since_ms: now,
             });
         }
         // Closed outside the lock.
@@ -260,8 +272,9 @@ impl Conn {
         };
         let mut body = BackendBody {
             state,
+            fields: response.fields,
             conn: Some(self),
-            upload,
+            upload: upload.map(Box::new),
             reusable,
         };
         if body.state.read_all() {
@@ -270,7 +283,6 @@ impl Conn {
         let mut built = Response::new(body);
         *built.status_mut() = response.status;
         *built.version_mut() = response.version;
-        *built.headers_mut() = response.headers;
         if let Some(reason) = response.reason {
             built.extensions_mut().insert(reason);
         }
@@ -389,15 +401,27 @@ impl BodyState {
 
 /// A backend's response body, read from the connection as the client takes it. The connection
 /// goes back to the pool as soon as the body has been read to its end.
+///
+/// The response's header fields travel with it, as the lines the backend sent, so they reach
+/// the client's connection without being rebuilt into a header map; the response's own map
+/// holds only what the gateway adds.
 #[derive(Debug)]
 pub struct BackendBody {
     state: BodyState,
+    fields: ResponseFields,
     conn: Option<Conn>,
-    upload: Option<Upload>,
+    /// Boxed: a body still uploading once the response has come is rare, and inline it would
+    /// make every response larger to move.
+    upload: Option<Box<Upload>>,
     reusable: bool,
 }
 
 impl BackendBody {
+    /// The end-to-end header fields of the response.
+    pub fn fields(&self) -> &ResponseFields {
+        &self.fields
+    }
+
     /// Returns the connection to its pool if it is in a known state, or closes it.
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else {

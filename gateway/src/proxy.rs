@@ -5,16 +5,12 @@
 //! straight from the parsed client request, so a retry writes the same head again, and only a
 //! buffered body is kept (as shared bytes) for that second attempt.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::{Body, Incoming};
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue,
-    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::body::Body;
+use hyper::header::{COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Method, Request, Response};
 
@@ -24,9 +20,11 @@ use tracing::Instrument as _;
 use crate::balance::hash_bytes;
 use crate::body::{BodyError, ResponseBody, UpstreamBody};
 use crate::config::HashKey;
+use crate::conn::Deadline;
 use crate::error::ProxyError;
 use crate::h1::RequestHead;
 use crate::pool::{BackendBody, SendError};
+use crate::server::ClientBody;
 use crate::state::{Runtime, Shared};
 use crate::upstream::{Backend, InFlight, Upstream};
 
@@ -34,8 +32,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -57,29 +53,31 @@ impl Peer {
     }
 }
 
-/// Serves one request; every failure becomes a problem+json answer.
+/// Serves one request with the runtime current when it arrived; every failure becomes a
+/// problem+json answer. `deadline` is the connection's timer for the backend's response.
 ///
 /// With `tracing` on, the request runs inside a server span (see [`serve_traced`]); off, no
 /// span is created and no trace header is touched.
 pub async fn serve(
-    shared: Arc<Shared>,
-    peer: Arc<Peer>,
-    req: Request<Incoming>,
+    shared: &Shared,
+    rt: &Runtime,
+    peer: &Peer,
+    req: Request<ClientBody>,
     tracing: bool,
-) -> Result<Response<ResponseBody>, Infallible> {
+    deadline: &mut Deadline,
+) -> Response<ResponseBody> {
     if tracing {
         // Boxed, so the span and its bookkeeping do not grow the future of untraced requests.
-        return Ok(Box::pin(serve_traced(shared, peer, req)).await);
+        return Box::pin(serve_traced(shared, rt, peer, req, deadline)).await;
     }
-    let runtime = shared.runtime();
-    Ok(match proxy(&runtime, &peer, req, None).await {
+    match proxy(rt, peer, req, None, deadline).await {
         Ok(response) => response,
-        Err(error) => local_answer(&shared, error),
-    })
+        Err(error) => local_answer(shared, error),
+    }
 }
 
 /// Counts, logs and answers a request the gateway could not proxy.
-fn local_answer(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
+pub(crate) fn local_answer(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
     let status = error.status().as_u16();
     shared.local.record(status);
     if status >= 500 {
@@ -98,9 +96,11 @@ fn local_answer(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
 /// `scaleout.upstream`, `scaleout.policy` and `scaleout.backend` (the backend address). The
 /// span ends with the response head, like the services' request spans.
 async fn serve_traced(
-    shared: Arc<Shared>,
-    peer: Arc<Peer>,
-    req: Request<Incoming>,
+    shared: &Shared,
+    rt: &Runtime,
+    peer: &Peer,
+    req: Request<ClientBody>,
+    deadline: &mut Deadline,
 ) -> Response<ResponseBody> {
     use tracing::field::Empty;
 
@@ -143,13 +143,12 @@ async fn serve_traced(
         span.record("span_id", span_id);
     }
 
-    let runtime = shared.runtime();
-    let response = match proxy(&runtime, &peer, req, Some(&span))
+    let response = match proxy(rt, peer, req, Some(&span), deadline)
         .instrument(span.clone())
         .await
     {
         Ok(response) => response,
-        Err(error) => span.in_scope(|| local_answer(&shared, error)),
+        Err(error) => span.in_scope(|| local_answer(shared, error)),
     };
     let status = response.status().as_u16();
     // As an i64: OpenTelemetry has no unsigned integers, and smaller ones arrive as text.
@@ -186,8 +185,9 @@ fn propagate(span: &tracing::Span, headers: &mut HeaderMap) {
 async fn proxy(
     rt: &Runtime,
     peer: &Peer,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     span: Option<&tracing::Span>,
+    deadline: &mut Deadline,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let trusted = rt.is_trusted(peer.addr.ip());
     let client_ip = if trusted {
@@ -200,19 +200,9 @@ async fn proxy(
             .check(client_ip, Instant::now())
             .map_err(ProxyError::RateLimited)?;
     }
+    // The head's size and framing were checked as it was parsed.
     let limits = &rt.config.limits;
-    if head_size(&req) > limits.max_header_bytes {
-        return Err(ProxyError::HeadersTooLarge(limits.max_header_bytes));
-    }
-    let content_length = match req.headers().get(CONTENT_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(ProxyError::BadRequest("invalid Content-Length"))?,
-        ),
-        None => None,
-    };
+    let content_length = req.body().declared_length();
     if content_length.is_some_and(|l| l > limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
     }
@@ -283,7 +273,7 @@ async fn proxy(
     if let Some(span) = span {
         span.record("scaleout.backend", &*backend.addr_text);
     }
-    let error = match attempt(rt, upstream, backend, &head, body).await {
+    let error = match attempt(rt, upstream, backend, &head, body, deadline).await {
         Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
     };
@@ -302,17 +292,27 @@ async fn proxy(
         span.record("scaleout.backend", &*set.backends[second].addr_text);
     }
     // Boxed: a retry is rare, and its state would otherwise double the size of every request.
-    let exchange = Box::pin(attempt(rt, upstream, &set.backends[second], &head, body)).await?;
+    let exchange = Box::pin(attempt(
+        rt,
+        upstream,
+        &set.backends[second],
+        &head,
+        body,
+        deadline,
+    ))
+    .await?;
     Ok(respond(exchange, upstream, pinned))
 }
 
-/// Sends the request to one backend and waits for its response head.
+/// Sends the request to one backend and waits up to `timeouts.response_ms` for its response
+/// head, on the connection's deadline.
 async fn attempt(
     rt: &Runtime,
     upstream: &Upstream,
     backend: &Arc<Backend>,
     head: &RequestHead<'_>,
     body: UpstreamBody,
+    deadline: &mut Deadline,
 ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
     let guard = backend.start();
     let head = RequestHead {
@@ -324,42 +324,44 @@ async fn attempt(
         ..*head
     };
 
-    let started = Instant::now();
+    // One clock read serves both the deadline and the latency.
+    let started = tokio::time::Instant::now();
+    deadline.arm(started + rt.response_timeout);
     let sent = backend.pool.send(&head, body);
     let passive = upstream.passive_failures;
-    match tokio::time::timeout(rt.response_timeout, sent).await {
-        Ok(Ok(response)) => {
+    match deadline.within(sent).await {
+        Some(Ok(response)) => {
             upstream.latency.observe(started.elapsed());
             backend.record_status(response.status().as_u16(), passive);
             Ok((response, guard))
         }
-        Ok(Err(SendError::Connect(_))) => {
+        Some(Err(SendError::Connect(_))) => {
             backend.record_failure(passive);
             Err(ProxyError::Connect(backend.addr_text.to_string()))
         }
         // The client's fault, not the backend's: no failure is counted against it.
-        Ok(Err(SendError::Body(error))) => Err(body_error(error)),
-        Ok(Err(SendError::Failed(error))) => {
+        Some(Err(SendError::Body(error))) => Err(body_error(error)),
+        Some(Err(SendError::Failed(error))) => {
             tracing::debug!(message = "Backend exchange failed.", backend = %backend.addr, %error);
             backend.record_failure(passive);
             Err(ProxyError::Reset(backend.addr_text.to_string()))
         }
-        Err(_) => {
+        None => {
             backend.record_failure(passive);
             Err(ProxyError::Timeout(backend.addr_text.to_string()))
         }
     }
 }
 
-/// Builds the client's response: backend head without hop-by-hop headers, the affinity cookie
-/// when the client is not (or no longer) pinned to this backend, and the streamed body.
+/// Builds the client's response: the backend's status and fields (hop-by-hop ones were left
+/// out as its head was parsed), the affinity cookie when the client is not (or no longer)
+/// pinned to this backend, and the streamed body.
 fn respond(
     (response, guard): (Response<BackendBody>, InFlight),
     upstream: &Upstream,
     pinned: Option<u64>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
     let backend = guard.backend();
     if let Some(cookie) = &backend.sticky_set_cookie
         && upstream.sticky_cookie.is_some()
@@ -377,70 +379,10 @@ fn body_error(e: BodyError) -> ProxyError {
     }
 }
 
-/// Approximate size of the request head as it came on the wire.
-fn head_size<B>(req: &Request<B>) -> usize {
-    let uri = req.uri();
-    let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len() + 7);
-    let line = req.method().as_str().len() + uri_len + 12;
-    req.headers()
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
-/// Removes the headers that describe one connection rather than the message (RFC 9110 7.6.1),
-/// including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names, comparing without hashing, keeps the usual case (none present)
-    // cheap.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(CONNECTION);
-    }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == TE
-        || name == TRAILER
-        || name == UPGRADE
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
-
 /// Sets `X-Forwarded-*`: a trusted proxy's values are kept and extended, anyone else's are
-/// replaced, so a client cannot forge its address to a backend.
+/// replaced, so a client cannot forge its address to a backend. Hop-by-hop fields were left
+/// out when the request was parsed.
 fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer, trusted: bool) {
-    strip_hop_by_hop(headers);
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         Some(existing) if trusted => {
             let mut v = Vec::with_capacity(existing.len() + 2 + peer.ip_header.len());
@@ -520,18 +462,6 @@ mod tests {
         assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
         assert_eq!(cookie(&h, "si"), None);
         assert_eq!(cookie(&h, "c"), None);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("traceparent"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod cli;
 mod headers;
 mod health;
 mod helpers;
+mod http1;
 mod limits;
 mod metrics;
 mod reload;
