@@ -80,6 +80,9 @@ impl Default for Settings {
 }
 
 /// Why a batch did not go through.
+/// How many of the oldest outbox rows one prune looks at.
+pub const PRUNE_WINDOW: i64 = 5_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("the broker is unavailable")]
@@ -338,14 +341,22 @@ impl Relay {
         }
     }
 
-    /// Deletes rows published more than `RELAY_RETENTION_SECS` ago, a bounded number at a time.
-    async fn prune(&self) -> Result<u64, sqlx::Error> {
+    /// Deletes rows published more than `RELAY_RETENTION_SECS` ago among the oldest
+    /// [`PRUNE_WINDOW`] rows, so one call reads a bounded number of rows however large the
+    /// outbox is. Rows are published about in id order, so the old ones are at the front; an
+    /// unpublished or recent row there is skipped and looked at again next time.
+    ///
+    /// Filtering the whole table for old rows instead read every row when none was old, as
+    /// during the first `RELAY_RETENTION_SECS` of a busy outbox: an hour at 2,000 comments/s
+    /// is 7.2 million rows, read every 64 idle rounds.
+    pub async fn prune(&self) -> Result<u64, sqlx::Error> {
         let deleted = sqlx::query(
             "DELETE FROM outbox WHERE id IN ( \
-                 SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) \
-                 ORDER BY id LIMIT 5000)",
+                 SELECT id FROM (SELECT id, published_at FROM outbox ORDER BY id LIMIT $2) oldest \
+                 WHERE published_at < now() - make_interval(secs => $1))",
         )
         .bind(self.settings.relay_retention_secs as f64)
+        .bind(PRUNE_WINDOW)
         .execute(&self.pool)
         .await?;
         Ok(deleted.rows_affected())

@@ -168,3 +168,29 @@ async fn the_relay_wakes_on_a_notification_rather_than_polling() {
     let spam = t.topology.subscriber(SPAM).unwrap();
     assert_eq!(t.drain(&spam.work).await.len(), 3);
 }
+
+#[tokio::test]
+async fn pruning_deletes_only_rows_published_before_the_retention_among_the_oldest() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let t = TestTopology::create().await;
+    submit_comments(&db, 6).await;
+    // Rows 1 and 2 were published two hours ago, 3 a minute ago, 4 failed long ago and is still
+    // unpublished, 5 two hours ago behind it; 6 is waiting.
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() - CASE id \
+             WHEN 1 THEN interval '2 hours' WHEN 2 THEN interval '2 hours' \
+             WHEN 3 THEN interval '1 minute' WHEN 5 THEN interval '2 hours' END \
+         WHERE id IN (1, 2, 3, 5)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let relay = Relay::new(db.pool.clone(), settings(&db, &t));
+    assert_eq!(relay.prune().await.unwrap(), 3);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [3, 4, 6]);
+    assert_eq!(relay.prune().await.unwrap(), 0);
+}
