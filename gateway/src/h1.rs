@@ -80,9 +80,19 @@ pub struct RequestHead<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// Appends the request head to `out`. `chunked` adds `Transfer-Encoding: chunked` for a body
-/// of unknown length.
-pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, chunked: bool) {
+/// What the request head gets to delimit its body, beside the fields it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimiter {
+    /// Nothing: no body, or the head's own `Content-Length` says.
+    None,
+    /// `Content-Length`, for a body held whole.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, for a body of unknown length.
+    Chunked,
+}
+
+/// Appends the request head to `out`, delimited by `delimiter`.
+pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, delimiter: Delimiter) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -98,10 +108,34 @@ pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, chunked: b
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match delimiter {
+        Delimiter::None => {}
+        Delimiter::Length(n) => encode_length(out, n),
+        Delimiter::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `Content-Length` field.
+pub(crate) fn encode_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    encode_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+pub(crate) fn encode_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends a chunk-size line (`1a2b\r\n`) to `out`.
@@ -491,11 +525,34 @@ mod tests {
             host: Some(&host),
         };
         let mut out = Vec::new();
-        encode_request_head(&mut out, &head, true);
+        encode_request_head(&mut out, &head, Delimiter::Chunked);
         assert_eq!(
             out,
             b"POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:80\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_body_held_whole_is_given_its_length() {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            target: "/",
+            headers: &headers,
+            host: None,
+        };
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &head, Delimiter::Length(41));
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 41\r\n\r\n");
+    }
+
+    #[test]
+    fn decimals_are_written_without_formatting() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            encode_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

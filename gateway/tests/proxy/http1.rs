@@ -407,3 +407,24 @@ async fn an_http_1_0_client_gets_a_body_of_unknown_length_ended_by_closing() {
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(r.body, b"abcde");
 }
+
+#[tokio::test]
+async fn a_connection_header_naming_a_framing_field_is_refused_before_any_backend_sees_it() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "")).await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nhost: t\r\n\r\n";
+    for hidden in ["content-length", "Transfer-Encoding", "close, host"] {
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: t\r\nconnection: {hidden}\r\ncontent-length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        let mut c = Client::connect(&gw).await;
+        c.send(request.as_bytes()).await;
+        c.send(smuggled).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), 400, "{hidden}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(c.is_closed().await);
+    }
+    assert_eq!(a.hits(), 0);
+}
