@@ -375,6 +375,7 @@ fn respond(
 fn body_error(e: BodyError) -> ProxyError {
     match e {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+        BodyError::Client(e) if e.kind() == std::io::ErrorKind::TimedOut => ProxyError::BodyStalled,
         BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
     }
 }

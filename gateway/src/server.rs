@@ -33,6 +33,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::conn::Deadline;
@@ -138,19 +139,32 @@ impl Wire {
 }
 
 /// A client's request body, read from its connection as the proxy forwards it. The first
-/// read answers `Expect: 100-continue`.
+/// read answers `Expect: 100-continue`. A read that waits `idle` without a byte fails with
+/// [`io::ErrorKind::TimedOut`], so a client that announces a body and sends none cannot hold
+/// the connection (and a backend connection) forever.
 #[derive(Debug)]
 pub struct ClientBody {
     wire: Option<Arc<Mutex<Wire>>>,
     declared: Option<u64>,
+    idle: Duration,
+    /// Armed when a read first has to wait; a body that is all there never creates its timer.
+    stall: Deadline,
+    waiting: bool,
 }
 
 impl ClientBody {
     /// A request without a body.
     pub fn empty() -> Self {
+        Self::reading(None, Some(0), Duration::ZERO)
+    }
+
+    fn reading(wire: Option<Arc<Mutex<Wire>>>, declared: Option<u64>, idle: Duration) -> Self {
         Self {
-            wire: None,
-            declared: Some(0),
+            wire,
+            declared,
+            idle,
+            stall: Deadline::new(),
+            waiting: false,
         }
     }
 
@@ -173,6 +187,21 @@ impl Body for ClientBody {
             return Poll::Ready(None);
         };
         let polled = lock(wire).poll_body(cx);
+        if polled.is_pending() {
+            if !this.waiting {
+                this.waiting = true;
+                this.stall.arm(Instant::now() + this.idle);
+            }
+            if this.stall.poll_passed(cx).is_ready() {
+                this.wire = None;
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent no request body bytes for the idle timeout",
+                ))));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
         match polled {
             Poll::Ready(Ok(Some(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Ok(None)) => {
@@ -543,10 +572,7 @@ impl Connection {
                     0
                 };
                 drop(wire);
-                ClientBody {
-                    wire: Some(Arc::clone(&self.wire)),
-                    declared: head.content_length,
-                }
+                ClientBody::reading(Some(Arc::clone(&self.wire)), head.content_length, self.idle)
             };
             let mut request = Request::new(body);
             *request.method_mut() = head.method;

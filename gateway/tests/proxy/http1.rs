@@ -428,3 +428,30 @@ async fn a_connection_header_naming_a_framing_field_is_refused_before_any_backen
     }
     assert_eq!(a.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_coming_gets_408_after_the_idle_timeout_and_the_connection_closes()
+ {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "[timeouts]\nidle_ms = 300")).await;
+    // Buffered for a retry (a GET), then streamed (a POST), each stalling after a few bytes.
+    for request in [
+        &b"GET / HTTP/1.1\r\nhost: t\r\ncontent-length: 65536\r\n\r\nabc"[..],
+        b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 65536\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    ] {
+        let mut c = Client::connect(&gw).await;
+        let started = std::time::Instant::now();
+        c.send(request).await;
+        let r = c.response(false).await;
+        let took = started.elapsed();
+        assert_eq!(r.status(), 408, "{}", String::from_utf8_lossy(request));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.is_closed().await);
+    }
+}
