@@ -378,6 +378,13 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 "Content-Length together with Transfer-Encoding",
             ));
         }
+        // RFC 9112 6.1: an HTTP/1.0 peer may not know chunked framing, so the body's end is
+        // in doubt and the request is treated as faulty framing.
+        (Some(_), None) if version == Version::HTTP_10 => {
+            return Err(ProxyError::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
         (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
         (Some(false), None) => {
             return Err(ProxyError::BadRequest(
@@ -959,6 +966,7 @@ mod tests {
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(parse(raw), Err(ProxyError::BadRequest(_))));
         }
