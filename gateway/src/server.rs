@@ -310,8 +310,11 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
         let kind = h1::field_kind(raw_name);
         if kind.is_hop_by_hop() {
             if kind == FieldKind::TransferEncoding {
-                // Only the final coding decides the framing.
-                chunked = Some(h1::last_token(field.value).eq_ignore_ascii_case(b"chunked"));
+                // Only `chunked` alone, in one field: the gateway applies no other coding, and
+                // forwarding the body decoded under its old name would change its meaning.
+                chunked = Some(
+                    chunked.is_none() && field.value.trim_ascii().eq_ignore_ascii_case(b"chunked"),
+                );
             } else if kind == FieldKind::Connection {
                 for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -386,11 +389,7 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
             ));
         }
         (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
-        (Some(false), None) => {
-            return Err(ProxyError::BadRequest(
-                "a Transfer-Encoding whose final coding is not chunked",
-            ));
-        }
+        (Some(false), None) => return Err(ProxyError::UnsupportedTransferCoding),
         (None, None | Some(0)) => BodyFraming::Done,
         (None, Some(n)) => BodyFraming::Length(n),
     };
@@ -963,13 +962,31 @@ mod tests {
     fn ambiguous_framing_is_refused() {
         for raw in [
             &b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
             b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(parse(raw), Err(ProxyError::BadRequest(_))));
         }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_alone_are_not_implemented() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse(raw),
+                Err(ProxyError::UnsupportedTransferCoding)
+            ));
+        }
+        let head = parse(b"POST / HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked(Chunked::Size));
     }
 
     #[test]

@@ -258,7 +258,6 @@ async fn ambiguous_or_malformed_requests_get_400_and_the_connection_closes() {
     let gw = TestGateway::start(&config(&a, "")).await;
     for request in [
         &b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
-        b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
         b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 1x\r\n\r\n",
         b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
@@ -455,4 +454,22 @@ async fn a_request_body_that_stops_coming_gets_408_after_the_idle_timeout_and_th
         assert_eq!(r.header("connection"), Some("close"));
         assert!(c.is_closed().await);
     }
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501_and_the_connection_closes() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "")).await;
+    for coding in ["gzip, chunked", "chunked, gzip", "identity"] {
+        let mut c = Client::connect(&gw).await;
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: {coding}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), 501, "{coding}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(c.is_closed().await);
+    }
+    assert_eq!(a.hits(), 0);
 }
