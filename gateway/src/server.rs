@@ -26,7 +26,8 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
+    TRANSFER_ENCODING,
 };
 use hyper::http::response;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -346,7 +347,12 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
         }
         let name =
             HeaderName::from_bytes(raw_name).map_err(|_| ProxyError::BadRequest(MALFORMED))?;
-        if name == CONTENT_LENGTH {
+        if name == HOST {
+            // RFC 9112 3.2: which one the backend would route by is anyone's guess.
+            if headers.contains_key(HOST) {
+                return Err(ProxyError::BadRequest("more than one Host field"));
+            }
+        } else if name == CONTENT_LENGTH {
             let n = h1::parse_content_length(field.value)
                 .map_err(|_| ProxyError::BadRequest("invalid Content-Length"))?;
             match content_length {
@@ -965,6 +971,7 @@ mod tests {
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
             b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHost: a\r\n\r\n",
         ] {
             assert!(matches!(parse(raw), Err(ProxyError::BadRequest(_))));
         }

@@ -262,6 +262,7 @@ async fn ambiguous_or_malformed_requests_get_400_and_the_connection_closes() {
         b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"POST /echo HTTP/1.0\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: t\r\nhost: other\r\n\r\n",
     ] {
         let mut c = Client::connect(&gw).await;
         c.send(request).await;
