@@ -405,8 +405,10 @@ pub enum Decoded {
 }
 
 impl Chunked {
-    /// Decodes from the front of `buf`, removing what it consumed.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+    /// Decodes from the front of `buf`, removing what it consumed. A trailer section over
+    /// `max_trailer_bytes` is an error; until it is whole it is parsed again from its start on
+    /// each call, which that bound keeps cheap.
+    pub fn decode(&mut self, buf: &mut BytesMut, max_trailer_bytes: usize) -> io::Result<Decoded> {
         loop {
             match *self {
                 Chunked::Size => {
@@ -455,10 +457,13 @@ impl Chunked {
                     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(buf, &mut slots).map_err(invalid)? {
                         httparse::Status::Partial => {
-                            if buf.len() >= MAX_HEAD_BYTES {
+                            if buf.len() >= max_trailer_bytes {
                                 return Err(invalid("trailer section too large"));
                             }
                             return Ok(Decoded::NeedMore);
+                        }
+                        httparse::Status::Complete((len, _)) if len > max_trailer_bytes => {
+                            return Err(invalid("trailer section too large"));
                         }
                         httparse::Status::Complete((len, fields)) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
@@ -684,7 +689,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"3;ext=1\r\nabc\r\n2\r"[..]);
         let mut body = Vec::new();
         loop {
-            match state.decode(&mut buf).unwrap() {
+            match state.decode(&mut buf, MAX_HEAD_BYTES).unwrap() {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::NeedMore => break,
                 other => panic!("unexpected {other:?}"),
@@ -692,7 +697,7 @@ mod tests {
         }
         buf.extend_from_slice(b"\nde\r\n0\r\nx-sum: 5\r\n\r\n");
         let trailers = loop {
-            match state.decode(&mut buf).unwrap() {
+            match state.decode(&mut buf, MAX_HEAD_BYTES).unwrap() {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::Trailers(t) => break t,
                 other => panic!("unexpected {other:?}"),
@@ -701,14 +706,20 @@ mod tests {
         assert_eq!(body, b"abcde");
         assert_eq!(trailers["x-sum"], "5");
         assert!(buf.is_empty());
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+        assert!(matches!(
+            state.decode(&mut buf, MAX_HEAD_BYTES).unwrap(),
+            Decoded::End
+        ));
     }
 
     #[test]
     fn a_chunked_body_without_trailers_ends() {
         let mut state = Chunked::Size;
         let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+        assert!(matches!(
+            state.decode(&mut buf, MAX_HEAD_BYTES).unwrap(),
+            Decoded::End
+        ));
         assert!(buf.is_empty());
     }
 }

@@ -472,17 +472,19 @@ impl BackendBody {
                         return Poll::Ready(Ok(Some(Frame::data(data))));
                     }
                 }
-                BodyState::Chunked(chunked) => match chunked.decode(&mut io.read_buf)? {
-                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
-                    Decoded::Trailers(trailers) => {
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                BodyState::Chunked(chunked) => {
+                    match chunked.decode(&mut io.read_buf, h1::MAX_HEAD_BYTES)? {
+                        Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                        }
+                        Decoded::End => {
+                            self.state = BodyState::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Decoded::NeedMore => {}
                     }
-                    Decoded::End => {
-                        self.state = BodyState::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    Decoded::NeedMore => {}
-                },
+                }
                 BodyState::UntilClose => {
                     if !io.read_buf.is_empty() {
                         let data = io.read_buf.split().freeze();

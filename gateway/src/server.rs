@@ -86,6 +86,9 @@ struct Wire {
     body: BodyFraming,
     /// Bytes of the `100 Continue` interim answer still to write before the body is read.
     continue_left: usize,
+    /// `limits.max_header_bytes` of the request being read: its trailers are header fields
+    /// too, and are held to the same bound.
+    max_trailer_bytes: usize,
 }
 
 fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
@@ -116,18 +119,20 @@ impl Wire {
                         return Poll::Ready(Ok(Some(Frame::data(data))));
                     }
                 }
-                BodyFraming::Chunked(chunked) => match chunked.decode(&mut self.buf)? {
-                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
-                    Decoded::Trailers(trailers) => {
-                        self.body = BodyFraming::Done;
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                BodyFraming::Chunked(chunked) => {
+                    match chunked.decode(&mut self.buf, self.max_trailer_bytes)? {
+                        Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            self.body = BodyFraming::Done;
+                            return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                        }
+                        Decoded::End => {
+                            self.body = BodyFraming::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Decoded::NeedMore => {}
                     }
-                    Decoded::End => {
-                        self.body = BodyFraming::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    Decoded::NeedMore => {}
-                },
+                }
             }
             if ready!(poll_fill(&mut self.stream, &mut self.buf, cx))? == 0 {
                 return Poll::Ready(Err(io::Error::new(
@@ -488,6 +493,7 @@ pub async fn serve(
             buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
             body: BodyFraming::Done,
             continue_left: 0,
+            max_trailer_bytes: 0,
         })),
         out: Vec::with_capacity(1024),
         shared,
@@ -578,6 +584,7 @@ impl Connection {
             } else {
                 let mut wire = lock(&self.wire);
                 wire.body = head.framing;
+                wire.max_trailer_bytes = rt.config.limits.max_header_bytes;
                 wire.continue_left = if head.expect_continue {
                     CONTINUE.len()
                 } else {

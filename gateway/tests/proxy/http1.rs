@@ -474,3 +474,26 @@ async fn a_transfer_coding_other_than_chunked_gets_501_and_the_connection_closes
     }
     assert_eq!(a.hits(), 0);
 }
+
+#[tokio::test]
+async fn request_trailers_are_held_to_the_header_limit() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "[limits]\nmax_header_bytes = 1024")).await;
+    let small = "x-t: 1\r\n";
+    let large = format!("x-t: {}\r\n", "y".repeat(1100));
+    for (trailer, status) in [(small, 200), (large.as_str(), 400)] {
+        let mut c = Client::connect(&gw).await;
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n{trailer}\r\n"
+        );
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), status);
+        if status == 400 {
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            assert!(c.is_closed().await);
+        } else {
+            assert_eq!(r.body, b"abc");
+        }
+    }
+}
