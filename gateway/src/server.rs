@@ -265,24 +265,23 @@ struct Head {
 /// Parses the request head at the front of `buf` and removes it; `Ok(None)` means more bytes
 /// are needed. A head is refused with 431 once it is known to exceed `max_head_bytes`.
 fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>, ProxyError> {
-    // Frozen so header values can share the bytes instead of being copied; whatever follows
-    // the head (a body, a pipelined request) is copied back.
-    let data = buf.split().freeze();
+    const MALFORMED: &str = "malformed request head";
+    // Parsed where it lies: a head still arriving stays in the buffer untouched, and a slow
+    // client costs no copy per read. A whole head is then split off and frozen, so header
+    // values can share its bytes; for that, where each part lies is noted by offset.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut request,
-        &data,
+        buf,
         &mut slots,
     );
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            if data.len() > max_head_bytes {
+            if buf.len() > max_head_bytes {
                 return Err(ProxyError::HeadersTooLarge(max_head_bytes));
             }
-            buf.reserve(data.len() + READ_BUFFER_BYTES);
-            buf.extend_from_slice(&data);
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => {
@@ -293,17 +292,37 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     if len > max_head_bytes {
         return Err(ProxyError::HeadersTooLarge(max_head_bytes));
     }
-    const MALFORMED: &str = "malformed request head";
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let at = (part.as_ptr() as usize).wrapping_sub(base);
+        at..at.wrapping_add(part.len())
+    };
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| ProxyError::BadRequest("invalid method"))?;
-    let uri = Uri::from_maybe_shared(data.slice_ref(request.path.unwrap_or_default().as_bytes()))
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let path = request.path.map(|p| span(p.as_bytes()));
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let count = request.headers.len();
+    let mut fields = [const { (0..0, 0..0) }; MAX_HEADERS];
+    for (slot, field) in fields.iter_mut().zip(request.headers.iter()) {
+        *slot = (span(field.name.as_bytes()), span(field.value));
+    }
+    let data = buf.split_to(len).freeze();
+    // Offsets from the parser lie inside the head; a miss is refused rather than trusted.
+    let part = |range: &std::ops::Range<usize>| {
+        data.get(range.clone())
+            .ok_or(ProxyError::BadRequest(MALFORMED))
+    };
+    let target = match &path {
+        Some(range) => data.slice_ref(part(range)?),
+        None => Bytes::new(),
+    };
+    let uri = Uri::from_maybe_shared(target)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + FORWARDING_HEADERS);
+    let mut headers = HeaderMap::with_capacity(count + FORWARDING_HEADERS);
     let mut content_length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut close = false;
@@ -311,18 +330,18 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     let mut expect_continue = false;
     let mut trailers = false;
     let mut named_by_connection: Vec<HeaderName> = Vec::new();
-    for field in request.headers.iter() {
-        let raw_name = field.name.as_bytes();
+    for (name_at, value_at) in &fields[..count] {
+        let raw_name = part(name_at)?;
+        let value = part(value_at)?;
         let kind = h1::field_kind(raw_name);
         if kind.is_hop_by_hop() {
             if kind == FieldKind::TransferEncoding {
                 // Only `chunked` alone, in one field: the gateway applies no other coding, and
                 // forwarding the body decoded under its old name would change its meaning.
-                chunked = Some(
-                    chunked.is_none() && field.value.trim_ascii().eq_ignore_ascii_case(b"chunked"),
-                );
+                chunked =
+                    Some(chunked.is_none() && value.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if kind == FieldKind::Connection {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -343,8 +362,7 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                     }
                 }
             } else if kind == FieldKind::Te {
-                trailers |= field
-                    .value
+                trailers |= value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
@@ -358,7 +376,7 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 return Err(ProxyError::BadRequest("more than one Host field"));
             }
         } else if name == CONTENT_LENGTH {
-            let n = h1::parse_content_length(field.value)
+            let n = h1::parse_content_length(value)
                 .map_err(|_| ProxyError::BadRequest("invalid Content-Length"))?;
             match content_length {
                 Some(m) if m != n => {
@@ -367,17 +385,12 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 Some(_) => continue,
                 None => content_length = Some(n),
             }
-        } else if name == EXPECT
-            && field
-                .value
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue")
-        {
+        } else if name == EXPECT && value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
             // Answered here, so the backend never waits for a `100 Continue` of its own.
             expect_continue = true;
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
+        let value = HeaderValue::from_maybe_shared(data.slice_ref(value))
             .map_err(|_| ProxyError::BadRequest(MALFORMED))?;
         headers.append(name, value);
     }
@@ -404,11 +417,6 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
         (None, None | Some(0)) => BodyFraming::Done,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-    let rest = &data[len..];
-    if !rest.is_empty() {
-        buf.reserve(rest.len().max(READ_BUFFER_BYTES));
-        buf.extend_from_slice(rest);
-    }
     Ok(Some(Head {
         method,
         uri,
@@ -952,8 +960,11 @@ mod tests {
     #[test]
     fn a_partial_head_waits_until_it_is_known_to_be_too_large() {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx: "[..]);
+        let at = buf.as_ptr();
         assert!(parse_head(&mut buf, 64).unwrap().is_none());
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nx: ");
+        // Left where it was, not copied.
+        assert_eq!(buf.as_ptr(), at);
         buf.extend_from_slice(&[b'y'; 64]);
         assert!(matches!(
             parse_head(&mut buf, 64),
