@@ -539,7 +539,9 @@ pub async fn serve(
     .await;
     if shut_down && busy.load(Ordering::Relaxed) {
         stopping.store(true, Ordering::Relaxed);
-        requests.await;
+        // Each wait inside is bounded, but not their sum: a response that keeps trickling
+        // would hold the shutdown open. One more idle period is what the request gets.
+        let _ = tokio::time::timeout(idle, requests).await;
     }
 }
 

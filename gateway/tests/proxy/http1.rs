@@ -497,3 +497,45 @@ async fn request_trailers_are_held_to_the_header_limit() {
         }
     }
 }
+
+#[tokio::test]
+async fn shutdown_gives_a_response_still_trickling_one_more_idle_period() {
+    // A backend whose chunked body never ends, a chunk well within each idle period.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                let _ = stream.read(&mut chunk).await;
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                while stream.write_all(b"1\r\na\r\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    let toml = format!(
+        "{LISTEN}[timeouts]\nidle_ms = 400\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut c = Client::connect(&gw).await;
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    c.take_until(b"\r\n\r\n").await;
+    c.take_until(b"1\r\na\r\n").await;
+    let started = std::time::Instant::now();
+    let run = gw.stop().await;
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        while c.fill().await {
+            c.buf.clear();
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection outlived the shutdown");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    run.await.unwrap().unwrap();
+}
