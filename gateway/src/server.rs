@@ -725,7 +725,7 @@ impl Connection {
                         && !trailers_sent
                     {
                         self.out.extend_from_slice(b"0\r\n");
-                        encode_fields(&mut self.out, &fields);
+                        encode_trailers(&mut self.out, &fields);
                         self.out.extend_from_slice(b"\r\n");
                         trailers_sent = true;
                     }
@@ -894,9 +894,14 @@ fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+/// Appends a backend's trailer fields, except those that describe its hop or the framing: a
+/// client could take them for this connection's.
+fn encode_trailers(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        encode_field(out, name, value);
+        let kind = h1::field_kind(name.as_str().as_bytes());
+        if !kind.is_hop_by_hop() && kind != FieldKind::ContentLength {
+            encode_field(out, name, value);
+        }
     }
 }
 

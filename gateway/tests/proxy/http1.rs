@@ -338,7 +338,9 @@ async fn backend_fields_pass_through_without_hop_by_hop_ones_and_trailers_only_w
     let backend = scripted_backend(
         b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\nConnection: X-Secret\r\nX-Secret: s\r\n\
           Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
-          3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n",
+          3\r\nabc\r\n0\r\nx-sum: 7\r\nContent-Length: 3\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\nKeep-Alive: 1\r\nTE: trailers\r\nTrailer: x\r\n\
+          Upgrade: h2c\r\nProxy-Authenticate: Basic\r\n\r\n",
     )
     .await;
     let toml = format!(
