@@ -4,7 +4,8 @@
 //! keep-alive connection. Instead, on the admin listener the socket records the time of its
 //! last read or write, and one watchdog per connection sleeps until that time plus `idle_ms`.
 //! The public listener's server keeps a [`Deadline`] per connection for each timeout (idle,
-//! backend response) and moves it on for every request: pushing a registered timer later
+//! backend response) and moves it on for every request (a request body that has to wait for
+//! the client gets one of its own): pushing a registered timer later
 //! touches no shared timer state, where a fresh `tokio::time::timeout` registers and
 //! deregisters one each time.
 
@@ -135,6 +136,14 @@ impl Deadline {
         }
     }
 
+    /// Ready once the armed instant has passed; never, unarmed.
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
     /// Runs `future` until it completes or the armed instant passes (`None`). Unarmed, it
     /// only runs the future.
     pub async fn within<F: Future>(&mut self, future: F) -> Option<F::Output> {
@@ -143,10 +152,7 @@ impl Deadline {
             if let Poll::Ready(output) = future.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().poll(cx).map(|()| None),
-                None => Poll::Pending,
-            }
+            self.poll_passed(cx).map(|()| None)
         })
         .await
     }
@@ -168,10 +174,7 @@ impl Deadline {
                 armed = true;
                 self.arm(Instant::now() + limit);
             }
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().poll(cx).map(|()| None),
-                None => Poll::Pending,
-            }
+            self.poll_passed(cx).map(|()| None)
         })
         .await
     }

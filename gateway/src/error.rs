@@ -40,6 +40,12 @@ pub enum ProxyError {
     /// The client sent something unusable (a broken body, a bad URI).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request has a transfer coding other than `chunked` alone (RFC 9112 6.1).
+    #[error("only the chunked transfer coding is implemented")]
+    UnsupportedTransferCoding,
+    /// The client stopped sending its request body for `timeouts.idle_ms`.
+    #[error("the request body stalled")]
+    BodyStalled,
     /// Every backend of the upstream is unhealthy or draining.
     #[error("no healthy backend in upstream {0:?}")]
     NoHealthyBackend(String),
@@ -65,7 +71,9 @@ impl ProxyError {
             | Self::HeadersTooLarge(_)
             | Self::BodyTooLarge(_)
             | Self::RateLimited(_)
-            | Self::BadRequest(_) => ErrorSource::Downstream,
+            | Self::BadRequest(_)
+            | Self::BodyStalled
+            | Self::UnsupportedTransferCoding => ErrorSource::Downstream,
             Self::NoHealthyBackend(_) | Self::Connect(_) | Self::Reset(_) | Self::Timeout(_) => {
                 ErrorSource::Upstream
             }
@@ -88,6 +96,8 @@ impl ProxyError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::NoHealthyBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::Reset(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -80,9 +80,19 @@ pub struct RequestHead<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// Appends the request head to `out`. `chunked` adds `Transfer-Encoding: chunked` for a body
-/// of unknown length.
-pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, chunked: bool) {
+/// What the request head gets to delimit its body, beside the fields it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimiter {
+    /// Nothing: no body, or the head's own `Content-Length` says.
+    None,
+    /// `Content-Length`, for a body held whole.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, for a body of unknown length.
+    Chunked,
+}
+
+/// Appends the request head to `out`, delimited by `delimiter`.
+pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, delimiter: Delimiter) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -98,10 +108,34 @@ pub fn encode_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, chunked: b
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match delimiter {
+        Delimiter::None => {}
+        Delimiter::Length(n) => encode_length(out, n),
+        Delimiter::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `Content-Length` field.
+pub(crate) fn encode_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    encode_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+pub(crate) fn encode_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends a chunk-size line (`1a2b\r\n`) to `out`.
@@ -371,8 +405,10 @@ pub enum Decoded {
 }
 
 impl Chunked {
-    /// Decodes from the front of `buf`, removing what it consumed.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+    /// Decodes from the front of `buf`, removing what it consumed. A trailer section over
+    /// `max_trailer_bytes` is an error; until it is whole it is parsed again from its start on
+    /// each call, which that bound keeps cheap.
+    pub fn decode(&mut self, buf: &mut BytesMut, max_trailer_bytes: usize) -> io::Result<Decoded> {
         loop {
             match *self {
                 Chunked::Size => {
@@ -421,10 +457,13 @@ impl Chunked {
                     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(buf, &mut slots).map_err(invalid)? {
                         httparse::Status::Partial => {
-                            if buf.len() >= MAX_HEAD_BYTES {
+                            if buf.len() >= max_trailer_bytes {
                                 return Err(invalid("trailer section too large"));
                             }
                             return Ok(Decoded::NeedMore);
+                        }
+                        httparse::Status::Complete((len, _)) if len > max_trailer_bytes => {
+                            return Err(invalid("trailer section too large"));
                         }
                         httparse::Status::Complete((len, fields)) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
@@ -491,11 +530,34 @@ mod tests {
             host: Some(&host),
         };
         let mut out = Vec::new();
-        encode_request_head(&mut out, &head, true);
+        encode_request_head(&mut out, &head, Delimiter::Chunked);
         assert_eq!(
             out,
             b"POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:80\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_body_held_whole_is_given_its_length() {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            target: "/",
+            headers: &headers,
+            host: None,
+        };
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &head, Delimiter::Length(41));
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 41\r\n\r\n");
+    }
+
+    #[test]
+    fn decimals_are_written_without_formatting() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            encode_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -627,7 +689,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"3;ext=1\r\nabc\r\n2\r"[..]);
         let mut body = Vec::new();
         loop {
-            match state.decode(&mut buf).unwrap() {
+            match state.decode(&mut buf, MAX_HEAD_BYTES).unwrap() {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::NeedMore => break,
                 other => panic!("unexpected {other:?}"),
@@ -635,7 +697,7 @@ mod tests {
         }
         buf.extend_from_slice(b"\nde\r\n0\r\nx-sum: 5\r\n\r\n");
         let trailers = loop {
-            match state.decode(&mut buf).unwrap() {
+            match state.decode(&mut buf, MAX_HEAD_BYTES).unwrap() {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::Trailers(t) => break t,
                 other => panic!("unexpected {other:?}"),
@@ -644,14 +706,20 @@ mod tests {
         assert_eq!(body, b"abcde");
         assert_eq!(trailers["x-sum"], "5");
         assert!(buf.is_empty());
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+        assert!(matches!(
+            state.decode(&mut buf, MAX_HEAD_BYTES).unwrap(),
+            Decoded::End
+        ));
     }
 
     #[test]
     fn a_chunked_body_without_trailers_ends() {
         let mut state = Chunked::Size;
         let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
-        assert!(matches!(state.decode(&mut buf).unwrap(), Decoded::End));
+        assert!(matches!(
+            state.decode(&mut buf, MAX_HEAD_BYTES).unwrap(),
+            Decoded::End
+        ));
         assert!(buf.is_empty());
     }
 }

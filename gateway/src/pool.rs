@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, UpstreamBody};
-use crate::h1::{self, Chunked, Decoded, Framing, RequestHead, ResponseFields};
+use crate::h1::{self, Chunked, Decoded, Delimiter, Framing, RequestHead, ResponseFields};
 use crate::upstream::now_ms;
 
 /// Idle connections kept per backend; more are closed when they come back.
@@ -208,10 +208,19 @@ impl Conn {
         body: UpstreamBody,
     ) -> Result<Response<BackendBody>, SendError> {
         let io = &mut *self.connection;
-        let chunked = matches!(body, UpstreamBody::Stream { .. })
-            && !head.headers.contains_key(CONTENT_LENGTH);
+        // A buffered body gets its length even if the client's field went missing: without
+        // one the backend would read the body as the next request.
+        let delimiter = match &body {
+            _ if head.headers.contains_key(CONTENT_LENGTH) => Delimiter::None,
+            UpstreamBody::Stream { .. } => Delimiter::Chunked,
+            UpstreamBody::Full(Some(data)) if !data.is_empty() => {
+                Delimiter::Length(data.len() as u64)
+            }
+            UpstreamBody::Empty | UpstreamBody::Full(_) => Delimiter::None,
+        };
+        let chunked = delimiter == Delimiter::Chunked;
         io.write_buf.clear();
-        h1::encode_request_head(&mut io.write_buf, head, chunked);
+        h1::encode_request_head(&mut io.write_buf, head, delimiter);
         let mut upload = match body {
             UpstreamBody::Empty | UpstreamBody::Full(None) => None,
             UpstreamBody::Full(Some(data)) if data.len() <= INLINE_BODY_BYTES => {
@@ -463,17 +472,19 @@ impl BackendBody {
                         return Poll::Ready(Ok(Some(Frame::data(data))));
                     }
                 }
-                BodyState::Chunked(chunked) => match chunked.decode(&mut io.read_buf)? {
-                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
-                    Decoded::Trailers(trailers) => {
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                BodyState::Chunked(chunked) => {
+                    match chunked.decode(&mut io.read_buf, h1::MAX_HEAD_BYTES)? {
+                        Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                        }
+                        Decoded::End => {
+                            self.state = BodyState::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Decoded::NeedMore => {}
                     }
-                    Decoded::End => {
-                        self.state = BodyState::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    Decoded::NeedMore => {}
-                },
+                }
                 BodyState::UntilClose => {
                     if !io.read_buf.is_empty() {
                         let data = io.read_buf.split().freeze();

@@ -21,7 +21,7 @@ use crate::balance::hash_bytes;
 use crate::body::{BodyError, ResponseBody, UpstreamBody};
 use crate::config::HashKey;
 use crate::conn::Deadline;
-use crate::error::ProxyError;
+use crate::error::{ErrorSource, ProxyError};
 use crate::h1::RequestHead;
 use crate::pool::{BackendBody, SendError};
 use crate::server::ClientBody;
@@ -80,7 +80,8 @@ pub async fn serve(
 pub(crate) fn local_answer(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
     let status = error.status().as_u16();
     shared.local.record(status);
-    if status >= 500 {
+    // By who caused it, not by status: a 501 for a client's transfer coding is its fault.
+    if error.source_kind() != ErrorSource::Downstream {
         tracing::warn!(message = "Request failed.", %error, source = ?error.source_kind());
     } else {
         tracing::debug!(message = "Request refused.", %error);
@@ -375,6 +376,7 @@ fn respond(
 fn body_error(e: BodyError) -> ProxyError {
     match e {
         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+        BodyError::Client(e) if e.kind() == std::io::ErrorKind::TimedOut => ProxyError::BodyStalled,
         BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
     }
 }

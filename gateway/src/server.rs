@@ -26,13 +26,15 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue,
+    TRANSFER_ENCODING,
 };
 use hyper::http::response;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::conn::Deadline;
@@ -84,6 +86,9 @@ struct Wire {
     body: BodyFraming,
     /// Bytes of the `100 Continue` interim answer still to write before the body is read.
     continue_left: usize,
+    /// `limits.max_header_bytes` of the request being read: its trailers are header fields
+    /// too, and are held to the same bound.
+    max_trailer_bytes: usize,
 }
 
 fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
@@ -114,18 +119,20 @@ impl Wire {
                         return Poll::Ready(Ok(Some(Frame::data(data))));
                     }
                 }
-                BodyFraming::Chunked(chunked) => match chunked.decode(&mut self.buf)? {
-                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
-                    Decoded::Trailers(trailers) => {
-                        self.body = BodyFraming::Done;
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                BodyFraming::Chunked(chunked) => {
+                    match chunked.decode(&mut self.buf, self.max_trailer_bytes)? {
+                        Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            self.body = BodyFraming::Done;
+                            return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                        }
+                        Decoded::End => {
+                            self.body = BodyFraming::Done;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Decoded::NeedMore => {}
                     }
-                    Decoded::End => {
-                        self.body = BodyFraming::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    Decoded::NeedMore => {}
-                },
+                }
             }
             if ready!(poll_fill(&mut self.stream, &mut self.buf, cx))? == 0 {
                 return Poll::Ready(Err(io::Error::new(
@@ -138,19 +145,32 @@ impl Wire {
 }
 
 /// A client's request body, read from its connection as the proxy forwards it. The first
-/// read answers `Expect: 100-continue`.
+/// read answers `Expect: 100-continue`. A read that waits `idle` without a byte fails with
+/// [`io::ErrorKind::TimedOut`], so a client that announces a body and sends none cannot hold
+/// the connection (and a backend connection) forever.
 #[derive(Debug)]
 pub struct ClientBody {
     wire: Option<Arc<Mutex<Wire>>>,
     declared: Option<u64>,
+    idle: Duration,
+    /// Armed when a read first has to wait; a body that is all there never creates its timer.
+    stall: Deadline,
+    waiting: bool,
 }
 
 impl ClientBody {
     /// A request without a body.
     pub fn empty() -> Self {
+        Self::reading(None, Some(0), Duration::ZERO)
+    }
+
+    fn reading(wire: Option<Arc<Mutex<Wire>>>, declared: Option<u64>, idle: Duration) -> Self {
         Self {
-            wire: None,
-            declared: Some(0),
+            wire,
+            declared,
+            idle,
+            stall: Deadline::new(),
+            waiting: false,
         }
     }
 
@@ -173,6 +193,21 @@ impl Body for ClientBody {
             return Poll::Ready(None);
         };
         let polled = lock(wire).poll_body(cx);
+        if polled.is_pending() {
+            if !this.waiting {
+                this.waiting = true;
+                this.stall.arm(Instant::now() + this.idle);
+            }
+            if this.stall.poll_passed(cx).is_ready() {
+                this.wire = None;
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent no request body bytes for the idle timeout",
+                ))));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
         match polled {
             Poll::Ready(Ok(Some(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Ok(None)) => {
@@ -230,24 +265,23 @@ struct Head {
 /// Parses the request head at the front of `buf` and removes it; `Ok(None)` means more bytes
 /// are needed. A head is refused with 431 once it is known to exceed `max_head_bytes`.
 fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>, ProxyError> {
-    // Frozen so header values can share the bytes instead of being copied; whatever follows
-    // the head (a body, a pipelined request) is copied back.
-    let data = buf.split().freeze();
+    const MALFORMED: &str = "malformed request head";
+    // Parsed where it lies: a head still arriving stays in the buffer untouched, and a slow
+    // client costs no copy per read. A whole head is then split off and frozen, so header
+    // values can share its bytes; for that, where each part lies is noted by offset.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut request,
-        &data,
+        buf,
         &mut slots,
     );
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            if data.len() > max_head_bytes {
+            if buf.len() > max_head_bytes {
                 return Err(ProxyError::HeadersTooLarge(max_head_bytes));
             }
-            buf.reserve(data.len() + READ_BUFFER_BYTES);
-            buf.extend_from_slice(&data);
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => {
@@ -258,17 +292,37 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     if len > max_head_bytes {
         return Err(ProxyError::HeadersTooLarge(max_head_bytes));
     }
-    const MALFORMED: &str = "malformed request head";
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let at = (part.as_ptr() as usize).wrapping_sub(base);
+        at..at.wrapping_add(part.len())
+    };
     let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| ProxyError::BadRequest("invalid method"))?;
-    let uri = Uri::from_maybe_shared(data.slice_ref(request.path.unwrap_or_default().as_bytes()))
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let path = request.path.map(|p| span(p.as_bytes()));
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let count = request.headers.len();
+    let mut fields = [const { (0..0, 0..0) }; MAX_HEADERS];
+    for (slot, field) in fields.iter_mut().zip(request.headers.iter()) {
+        *slot = (span(field.name.as_bytes()), span(field.value));
+    }
+    let data = buf.split_to(len).freeze();
+    // Offsets from the parser lie inside the head; a miss is refused rather than trusted.
+    let part = |range: &std::ops::Range<usize>| {
+        data.get(range.clone())
+            .ok_or(ProxyError::BadRequest(MALFORMED))
+    };
+    let target = match &path {
+        Some(range) => data.slice_ref(part(range)?),
+        None => Bytes::new(),
+    };
+    let uri = Uri::from_maybe_shared(target)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + FORWARDING_HEADERS);
+    let mut headers = HeaderMap::with_capacity(count + FORWARDING_HEADERS);
     let mut content_length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut close = false;
@@ -276,26 +330,39 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     let mut expect_continue = false;
     let mut trailers = false;
     let mut named_by_connection: Vec<HeaderName> = Vec::new();
-    for field in request.headers.iter() {
-        let raw_name = field.name.as_bytes();
+    for (name_at, value_at) in &fields[..count] {
+        let raw_name = part(name_at)?;
+        let value = part(value_at)?;
         let kind = h1::field_kind(raw_name);
         if kind.is_hop_by_hop() {
             if kind == FieldKind::TransferEncoding {
-                // Only the final coding decides the framing.
-                chunked = Some(h1::last_token(field.value).eq_ignore_ascii_case(b"chunked"));
+                // Only `chunked` alone, in one field: the gateway applies no other coding, and
+                // forwarding the body decoded under its old name would change its meaning.
+                chunked =
+                    Some(chunked.is_none() && value.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if kind == FieldKind::Connection {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
+                    } else if token.eq_ignore_ascii_case(b"host")
+                        || matches!(
+                            h1::field_kind(token),
+                            FieldKind::ContentLength | FieldKind::TransferEncoding
+                        )
+                    {
+                        // Removing a framing field would leave the body to be read as the
+                        // next request; removing `Host` would unmoor the request.
+                        return Err(ProxyError::BadRequest(
+                            "Connection names a framing or Host field",
+                        ));
                     } else if let Ok(named) = HeaderName::from_bytes(token) {
                         named_by_connection.push(named);
                     }
                 }
             } else if kind == FieldKind::Te {
-                trailers |= field
-                    .value
+                trailers |= value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
@@ -303,8 +370,13 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
         }
         let name =
             HeaderName::from_bytes(raw_name).map_err(|_| ProxyError::BadRequest(MALFORMED))?;
-        if name == CONTENT_LENGTH {
-            let n = h1::parse_content_length(field.value)
+        if name == HOST {
+            // RFC 9112 3.2: which one the backend would route by is anyone's guess.
+            if headers.contains_key(HOST) {
+                return Err(ProxyError::BadRequest("more than one Host field"));
+            }
+        } else if name == CONTENT_LENGTH {
+            let n = h1::parse_content_length(value)
                 .map_err(|_| ProxyError::BadRequest("invalid Content-Length"))?;
             match content_length {
                 Some(m) if m != n => {
@@ -313,17 +385,12 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 Some(_) => continue,
                 None => content_length = Some(n),
             }
-        } else if name == EXPECT
-            && field
-                .value
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue")
-        {
+        } else if name == EXPECT && value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
             // Answered here, so the backend never waits for a `100 Continue` of its own.
             expect_continue = true;
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
+        let value = HeaderValue::from_maybe_shared(data.slice_ref(value))
             .map_err(|_| ProxyError::BadRequest(MALFORMED))?;
         headers.append(name, value);
     }
@@ -338,20 +405,18 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
                 "Content-Length together with Transfer-Encoding",
             ));
         }
-        (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
-        (Some(false), None) => {
+        // RFC 9112 6.1: an HTTP/1.0 peer may not know chunked framing, so the body's end is
+        // in doubt and the request is treated as faulty framing.
+        (Some(_), None) if version == Version::HTTP_10 => {
             return Err(ProxyError::BadRequest(
-                "a Transfer-Encoding whose final coding is not chunked",
+                "Transfer-Encoding in an HTTP/1.0 request",
             ));
         }
+        (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
+        (Some(false), None) => return Err(ProxyError::UnsupportedTransferCoding),
         (None, None | Some(0)) => BodyFraming::Done,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-    let rest = &data[len..];
-    if !rest.is_empty() {
-        buf.reserve(rest.len().max(READ_BUFFER_BYTES));
-        buf.extend_from_slice(rest);
-    }
     Ok(Some(Head {
         method,
         uri,
@@ -436,6 +501,7 @@ pub async fn serve(
             buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
             body: BodyFraming::Done,
             continue_left: 0,
+            max_trailer_bytes: 0,
         })),
         out: Vec::with_capacity(1024),
         shared,
@@ -473,7 +539,9 @@ pub async fn serve(
     .await;
     if shut_down && busy.load(Ordering::Relaxed) {
         stopping.store(true, Ordering::Relaxed);
-        requests.await;
+        // Each wait inside is bounded, but not their sum: a response that keeps trickling
+        // would hold the shutdown open. One more idle period is what the request gets.
+        let _ = tokio::time::timeout(idle, requests).await;
     }
 }
 
@@ -526,16 +594,14 @@ impl Connection {
             } else {
                 let mut wire = lock(&self.wire);
                 wire.body = head.framing;
+                wire.max_trailer_bytes = rt.config.limits.max_header_bytes;
                 wire.continue_left = if head.expect_continue {
                     CONTINUE.len()
                 } else {
                     0
                 };
                 drop(wire);
-                ClientBody {
-                    wire: Some(Arc::clone(&self.wire)),
-                    declared: head.content_length,
-                }
+                ClientBody::reading(Some(Arc::clone(&self.wire)), head.content_length, self.idle)
             };
             let mut request = Request::new(body);
             *request.method_mut() = head.method;
@@ -659,7 +725,7 @@ impl Connection {
                         && !trailers_sent
                     {
                         self.out.extend_from_slice(b"0\r\n");
-                        encode_fields(&mut self.out, &fields);
+                        encode_trailers(&mut self.out, &fields);
                         self.out.extend_from_slice(b"\r\n");
                         trailers_sent = true;
                     }
@@ -796,7 +862,7 @@ fn encode_response_head(
         out.extend_from_slice(&fields.lines);
         dated = fields.dated;
         if keep_length && let Some(n) = fields.content_length {
-            encode_length(out, n);
+            h1::encode_length(out, n);
         }
     }
     for (name, value) in &parts.headers {
@@ -813,7 +879,7 @@ fn encode_response_head(
         encode_field(out, name, value);
     }
     match outgoing {
-        Outgoing::Length(n) => encode_length(out, n),
+        Outgoing::Length(n) => h1::encode_length(out, n),
         Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Outgoing::Bodiless { .. } | Outgoing::UntilClose => {}
     }
@@ -828,9 +894,14 @@ fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+/// Appends a backend's trailer fields, except those that describe its hop or the framing: a
+/// client could take them for this connection's.
+fn encode_trailers(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        encode_field(out, name, value);
+        let kind = h1::field_kind(name.as_str().as_bytes());
+        if !kind.is_hop_by_hop() && kind != FieldKind::ContentLength {
+            encode_field(out, name, value);
+        }
     }
 }
 
@@ -839,26 +910,6 @@ fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-fn encode_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    encode_decimal(out, n);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn encode_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends a `Date` field (RFC 9110 6.6.1: an origin server must send one, and backends that
@@ -916,8 +967,11 @@ mod tests {
     #[test]
     fn a_partial_head_waits_until_it_is_known_to_be_too_large() {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx: "[..]);
+        let at = buf.as_ptr();
         assert!(parse_head(&mut buf, 64).unwrap().is_none());
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nx: ");
+        // Left where it was, not copied.
+        assert_eq!(buf.as_ptr(), at);
         buf.extend_from_slice(&[b'y'; 64]);
         assert!(matches!(
             parse_head(&mut buf, 64),
@@ -939,12 +993,32 @@ mod tests {
     fn ambiguous_framing_is_refused() {
         for raw in [
             &b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHost: a\r\n\r\n",
         ] {
             assert!(matches!(parse(raw), Err(ProxyError::BadRequest(_))));
         }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_alone_are_not_implemented() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse(raw),
+                Err(ProxyError::UnsupportedTransferCoding)
+            ));
+        }
+        let head = parse(b"POST / HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked(Chunked::Size));
     }
 
     #[test]
@@ -984,14 +1058,5 @@ mod tests {
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(!text.contains("content-length"), "{text}");
         assert!(text.ends_with("connection: close\r\n\r\n"), "{text}");
-    }
-
-    #[test]
-    fn decimals_are_written_without_formatting() {
-        for n in [0, 7, 10, 12345, u64::MAX] {
-            let mut out = Vec::new();
-            encode_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().as_bytes());
-        }
     }
 }

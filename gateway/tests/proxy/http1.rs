@@ -258,10 +258,11 @@ async fn ambiguous_or_malformed_requests_get_400_and_the_connection_closes() {
     let gw = TestGateway::start(&config(&a, "")).await;
     for request in [
         &b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
-        b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
         b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 1x\r\n\r\n",
         b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /echo HTTP/1.0\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: t\r\nhost: other\r\n\r\n",
     ] {
         let mut c = Client::connect(&gw).await;
         c.send(request).await;
@@ -337,7 +338,9 @@ async fn backend_fields_pass_through_without_hop_by_hop_ones_and_trailers_only_w
     let backend = scripted_backend(
         b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\nConnection: X-Secret\r\nX-Secret: s\r\n\
           Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
-          3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n",
+          3\r\nabc\r\n0\r\nx-sum: 7\r\nContent-Length: 3\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\nKeep-Alive: 1\r\nTE: trailers\r\nTrailer: x\r\n\
+          Upgrade: h2c\r\nProxy-Authenticate: Basic\r\n\r\n",
     )
     .await;
     let toml = format!(
@@ -406,4 +409,135 @@ async fn an_http_1_0_client_gets_a_body_of_unknown_length_ended_by_closing() {
     assert_eq!(r.header("transfer-encoding"), None);
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(r.body, b"abcde");
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_a_framing_field_is_refused_before_any_backend_sees_it() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "")).await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nhost: t\r\n\r\n";
+    for hidden in ["content-length", "Transfer-Encoding", "close, host"] {
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: t\r\nconnection: {hidden}\r\ncontent-length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        let mut c = Client::connect(&gw).await;
+        c.send(request.as_bytes()).await;
+        c.send(smuggled).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), 400, "{hidden}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(c.is_closed().await);
+    }
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_coming_gets_408_after_the_idle_timeout_and_the_connection_closes()
+ {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "[timeouts]\nidle_ms = 300")).await;
+    // Buffered for a retry (a GET), then streamed (a POST), each stalling after a few bytes.
+    for request in [
+        &b"GET / HTTP/1.1\r\nhost: t\r\ncontent-length: 65536\r\n\r\nabc"[..],
+        b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 65536\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    ] {
+        let mut c = Client::connect(&gw).await;
+        let started = std::time::Instant::now();
+        c.send(request).await;
+        let r = c.response(false).await;
+        let took = started.elapsed();
+        assert_eq!(r.status(), 408, "{}", String::from_utf8_lossy(request));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.is_closed().await);
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501_and_the_connection_closes() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "")).await;
+    for coding in ["gzip, chunked", "chunked, gzip", "identity"] {
+        let mut c = Client::connect(&gw).await;
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: {coding}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), 501, "{coding}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(c.is_closed().await);
+    }
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn request_trailers_are_held_to_the_header_limit() {
+    let a = Stub::start("a").await;
+    let gw = TestGateway::start(&config(&a, "[limits]\nmax_header_bytes = 1024")).await;
+    let small = "x-t: 1\r\n";
+    let large = format!("x-t: {}\r\n", "y".repeat(1100));
+    for (trailer, status) in [(small, 200), (large.as_str(), 400)] {
+        let mut c = Client::connect(&gw).await;
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n{trailer}\r\n"
+        );
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status(), status);
+        if status == 400 {
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            assert!(c.is_closed().await);
+        } else {
+            assert_eq!(r.body, b"abc");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_gives_a_response_still_trickling_one_more_idle_period() {
+    // A backend whose chunked body never ends, a chunk well within each idle period.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                let _ = stream.read(&mut chunk).await;
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                while stream.write_all(b"1\r\na\r\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    let toml = format!(
+        "{LISTEN}[timeouts]\nidle_ms = 400\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut c = Client::connect(&gw).await;
+    c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    c.take_until(b"\r\n\r\n").await;
+    c.take_until(b"1\r\na\r\n").await;
+    let started = std::time::Instant::now();
+    let run = gw.stop().await;
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        while c.fill().await {
+            c.buf.clear();
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection outlived the shutdown");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    run.await.unwrap().unwrap();
 }
