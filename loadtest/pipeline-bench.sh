@@ -24,7 +24,7 @@ secs1=${DURATION_MAX:-10}
 secs1=${secs1%s}
 echo "pipeline: phase 1, offered ${rate_max}/s for ${secs1} s" >&2
 loadtest/cpu_by_process.py snap "$RUN_DIR/cpu-before.json"
-RATE=$rate_max DURATION=$secs1 CONNECTIONS=${CONNECTIONS:-512} \
+RATE=$rate_max DURATION=$secs1 CONNECTIONS=${CONNECTIONS:-1024} \
   loadtest/cpu_by_process.py run "$RUN_DIR/load-cpu.txt" -- "$load" >"$RUN_DIR/max.json"
 read -r acc1 ref1 p99_1 p50_1 < <(summary "$RUN_DIR/max.json")
 wait_drained 120 || echo "pipeline: phase 1 did not drain within 120 s" >&2
@@ -36,7 +36,7 @@ rate=${RATE:-500}
 secs2=${DURATION:-20}
 secs2=${secs2%s}
 echo "pipeline: phase 2, offered ${rate}/s for ${secs2} s" >&2
-RATE=$rate DURATION=$secs2 CONNECTIONS=${CONNECTIONS:-512} "$load" >"$RUN_DIR/steady.json"
+RATE=$rate DURATION=$secs2 CONNECTIONS=${CONNECTIONS:-1024} "$load" >"$RUN_DIR/steady.json"
 read -r acc2 ref2 p99_2 p50_2 < <(summary "$RUN_DIR/steady.json")
 wait_drained 120 || echo "pipeline: phase 2 did not drain within 120 s" >&2
 read -r n lat50 lat99 latmax < <(sql "SELECT count(*),
