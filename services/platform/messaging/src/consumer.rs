@@ -17,7 +17,7 @@
 //! [`Outcome::AckLost`], not as success, and the message will come again.
 //!
 //! [`Consumer::run`] coalesces acks: the messages of one channel settled at about the same time,
-//! in delivery order, are acknowledged by one `basic.ack` with `multiple` (see [`AckQueue`]). A
+//! in delivery order, are acknowledged by one `basic.ack` with `multiple` (see `AckQueue`). A
 //! quorum queue turns every ack frame into an entry of its replicated log; on this project's
 //! machines one ack per message cost the broker about 85 µs of CPU per message, one per 32
 //! messages about 18 µs.
@@ -252,7 +252,7 @@ impl<H: MessageHandler> Consumer<H> {
 
     /// Consumes until `shutdown` turns true, then stops taking messages, finishes and acks those
     /// it holds, and closes its connection. Up to `prefetch` messages are handled at once, and
-    /// their acks are coalesced (see [`AckQueue`]).
+    /// their acks are coalesced (see `AckQueue`).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let settle = Arc::new(self.settle());
         let mut in_flight = JoinSet::new();
