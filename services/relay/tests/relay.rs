@@ -194,3 +194,35 @@ async fn pruning_deletes_only_rows_published_before_the_retention_among_the_olde
     assert_eq!(left, [3, 4, 6]);
     assert_eq!(relay.prune().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn pruning_reads_no_further_than_the_oldest_rows_of_its_window() {
+    let db = TestDatabase::create(&domain::MIGRATOR).await;
+    let t = TestTopology::create().await;
+    // A window's worth of rows published a minute ago, then one published two hours ago: the
+    // old one lies past the window, so this prune leaves it for a later one.
+    sqlx::query(
+        "INSERT INTO outbox (event_type, payload, published_at) \
+         SELECT 'comment.submitted', '{}', now() - interval '1 minute' \
+         FROM generate_series(1, $1)",
+    )
+    .bind(relay::PRUNE_WINDOW)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (event_type, payload, published_at) \
+         VALUES ('comment.submitted', '{}', now() - interval '2 hours')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let relay = Relay::new(db.pool.clone(), settings(&db, &t));
+    assert_eq!(relay.prune().await.unwrap(), 0);
+    // Once the front rows are gone, the old one is inside the window.
+    sqlx::query("DELETE FROM outbox WHERE published_at > now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(relay.prune().await.unwrap(), 1);
+}
