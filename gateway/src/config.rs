@@ -24,6 +24,11 @@ pub struct Config {
     /// Defaults to the number of CPUs.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Serve client and backend sockets through io_uring (see [`crate::ring`]); `false` keeps
+    /// them on epoll. Where the kernel refuses io_uring the gateway uses epoll regardless.
+    /// A reload applies it to connections opened afterwards.
+    #[serde(default = "default_io_uring")]
+    pub io_uring: bool,
     /// Peers whose `X-Forwarded-*` headers are kept and extended instead of replaced: IP
     /// addresses or CIDR blocks (`"10.0.0.0/8"`).
     #[serde(default)]
@@ -216,6 +221,10 @@ pub struct BackendConfig {
     /// Relative share of traffic for `weighted_round_robin` and `consistent_hash`.
     #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+fn default_io_uring() -> bool {
+    true
 }
 
 fn default_weight() -> u32 {

@@ -14,6 +14,8 @@
 //! - [`proxy`]: the L7 path; [`body`] holds its request and response body types, [`pool`] the
 //!   keep-alive connections to each backend, and [`h1`] the HTTP/1.1 codec spoken on them.
 //! - [`tcp`]: the L4 path.
+//! - [`ring`]: socket I/O of both paths through io_uring, one system call per event-loop turn
+//!   ([`ring::Socket`] falls back to epoll where io_uring is unavailable).
 //! - [`limits`]: rate limit and retry budget.
 //! - [`admin`] and [`metrics`]: the admin API and the Prometheus text.
 //! - [`error`]: errors by source and retryability, answered as `application/problem+json`.
@@ -34,6 +36,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ring;
 pub mod server;
 pub mod state;
 pub mod tcp;

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 
 use crate::body::{BodyError, UpstreamBody};
 use crate::h1::{self, Chunked, Decoded, Delimiter, Framing, RequestHead, ResponseFields};
-use crate::upstream::now_ms;
+use crate::ring::Socket;
+use crate::upstream::{ClientSettings, now_ms};
 
 /// Idle connections kept per backend; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -53,17 +54,16 @@ pub enum SendError {
 /// One open connection with its buffers, boxed so checking it out and in moves a pointer.
 #[derive(Debug)]
 struct Connection {
-    stream: TcpStream,
+    stream: Socket,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
 }
 
 impl Connection {
     /// Whether an idle connection can carry a request: the backend has neither closed it nor
-    /// sent anything unasked. Costs no system call unless the socket was flagged readable.
+    /// sent anything unasked.
     fn is_usable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.stream.is_idle_and_open()
     }
 
     /// Reads more bytes into the read buffer; `Ok(0)` is the end of the stream.
@@ -76,7 +76,7 @@ impl Connection {
 /// the end of the stream. Once the bytes split off earlier are dropped, growing reuses their
 /// allocation.
 pub(crate) fn poll_fill(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -92,6 +92,7 @@ pub struct ConnPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout_ms: u64,
+    io_uring: bool,
     /// Most recently used at the back; the front holds the oldest.
     idle: Mutex<VecDeque<Idle>>,
 }
@@ -104,11 +105,12 @@ struct Idle {
 
 impl ConnPool {
     /// An empty pool.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(addr: SocketAddr, settings: ClientSettings) -> Self {
         Self {
             addr,
-            connect_timeout,
-            idle_timeout_ms: idle_timeout.as_millis() as u64,
+            connect_timeout: settings.connect,
+            idle_timeout_ms: settings.idle.as_millis() as u64,
+            io_uring: settings.io_uring,
             idle: Mutex::new(VecDeque::new()),
         }
     }
@@ -158,7 +160,7 @@ impl ConnPool {
         stream.set_nodelay(true)?;
         Ok(Conn {
             connection: Box::new(Connection {
-                stream,
+                stream: Socket::new(stream, self.io_uring),
                 read_buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
                 write_buf: Vec::with_capacity(1024),
             }),
@@ -337,7 +339,7 @@ impl Upload {
     /// Moves the body on; ready once it has been written to its end.
     fn poll_send(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Socket,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         loop {
@@ -631,8 +633,11 @@ mod tests {
     fn pool(addr: SocketAddr) -> Arc<ConnPool> {
         Arc::new(ConnPool::new(
             addr,
-            Duration::from_secs(1),
-            Duration::from_secs(10),
+            ClientSettings {
+                connect: Duration::from_secs(1),
+                idle: Duration::from_secs(10),
+                io_uring: true,
+            },
         ))
     }
 

@@ -42,6 +42,7 @@ use crate::error::ProxyError;
 use crate::h1::{self, Chunked, Decoded, FieldKind, ResponseFields};
 use crate::pool::poll_fill;
 use crate::proxy::{self, Peer};
+use crate::ring::Socket;
 use crate::state::{Runtime, Shared};
 
 /// Header fields accepted in a request head (hyper's server default); more is a 431.
@@ -81,7 +82,7 @@ enum BodyFraming {
 /// that reads from them while the proxy forwards it. The lock is only held inside a poll.
 #[derive(Debug)]
 struct Wire {
-    stream: TcpStream,
+    stream: Socket,
     buf: BytesMut,
     body: BodyFraming,
     /// Bytes of the `100 Continue` interim answer still to write before the body is read.
@@ -495,6 +496,7 @@ pub async fn serve(
 ) {
     let busy = AtomicBool::new(false);
     let stopping = AtomicBool::new(false);
+    let stream = Socket::new(stream, shared.runtime().config.io_uring);
     let mut connection = Connection {
         wire: Arc::new(Mutex::new(Wire {
             stream,
@@ -784,11 +786,18 @@ impl Connection {
         let (mut from_out, mut from_data) = (0, 0);
         let all = poll_fn(|cx| {
             while from_out < out.len() || from_data < data.len() {
-                let slices = [
-                    IoSlice::new(&out[from_out..]),
-                    IoSlice::new(&data[from_data..]),
-                ];
-                let n = ready!(Pin::new(&mut lock(wire).stream).poll_write_vectored(cx, &slices))?;
+                let (head, tail) = (&out[from_out..], &data[from_data..]);
+                let mut wire = lock(wire);
+                let stream = Pin::new(&mut wire.stream);
+                // One buffer goes by `send`: `writev` costs the kernel an iovec import and a
+                // trip through the VFS for nothing.
+                let n = ready!(if tail.is_empty() {
+                    stream.poll_write(cx, head)
+                } else if head.is_empty() {
+                    stream.poll_write(cx, tail)
+                } else {
+                    stream.poll_write_vectored(cx, &[IoSlice::new(head), IoSlice::new(tail)])
+                })?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
                 }

@@ -118,6 +118,7 @@ impl Runtime {
         let settings = ClientSettings {
             connect: Duration::from_millis(config.timeouts.connect_ms),
             idle: Duration::from_millis(config.timeouts.idle_ms),
+            io_uring: config.io_uring,
         };
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams

@@ -10,17 +10,20 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::proxy::hash_ip;
+use crate::ring::Socket;
 use crate::state::Shared;
 
 /// Proxies one accepted connection to a backend of the upstream of TCP listener `index`.
-pub async fn proxy(shared: Arc<Shared>, index: usize, mut client: TcpStream) {
+pub async fn proxy(shared: Arc<Shared>, index: usize, client: TcpStream) {
     let runtime = shared.runtime();
     let Some(upstream) = runtime.tcp.get(index).cloned().flatten() else {
         return;
     };
     let connect_timeout = Duration::from_millis(runtime.config.timeouts.connect_ms);
     let hash = client.peer_addr().map_or(0, |a| hash_ip(a.ip()));
+    let io_uring = runtime.config.io_uring;
     drop(runtime);
+    let mut client = Socket::new(client, io_uring);
     let set = upstream.backends();
     let mut exclude = None;
     for _ in 0..2 {
@@ -31,9 +34,10 @@ pub async fn proxy(shared: Arc<Shared>, index: usize, mut client: TcpStream) {
         let backend = &set.backends[i];
         let _guard = backend.start();
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(mut server)) => {
+            Ok(Ok(server)) => {
                 backend.record_success();
                 let _ = server.set_nodelay(true);
+                let mut server = Socket::new(server, io_uring);
                 if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
                     tracing::debug!(message = "TCP session ended with an error.", %error);
                 }

@@ -25,6 +25,8 @@ pub struct ClientSettings {
     pub connect: Duration,
     /// How long an idle pooled connection is kept.
     pub idle: Duration,
+    /// Whether backend sockets go through the thread's io_uring.
+    pub io_uring: bool,
 }
 
 /// Milliseconds since the process started; cheap to store in an atomic.
@@ -80,7 +82,7 @@ impl Backend {
             HeaderValue::try_from(format!("{name}={id:016x}; Path=/; HttpOnly; SameSite=Lax"))
                 .expect("a validated cookie name")
         });
-        let pool = Arc::new(ConnPool::new(addr, settings.connect, settings.idle));
+        let pool = Arc::new(ConnPool::new(addr, settings));
         Self {
             addr,
             addr_text,
@@ -449,6 +451,7 @@ mod tests {
         let settings = ClientSettings {
             connect: Duration::from_secs(1),
             idle: Duration::from_secs(1),
+            io_uring: false,
         };
         Backend::new("127.0.0.1:1".parse().unwrap(), 1, Some("aff"), settings)
     }
