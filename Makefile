@@ -22,11 +22,13 @@ loadtest: ## A short mixed k6 run against the running stack; report under loadte
 migrate: services ## Create the database if missing and apply migrations
 	$(CARGO) run --release --bin web -- migrate
 
-test: services replica ## Run every test against the local Postgres (and its replica), Redis and RabbitMQ
+test: services replica ## Run every test against the local Postgres (and its replica), Redis and RabbitMQ; the gateway's again on epoll
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
+		GATEWAY_TEST_IO_URING=false $(CARGO) nextest run -p gateway --test proxy --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
+		GATEWAY_TEST_IO_URING=false $(CARGO) test -p gateway --test proxy --no-fail-fast; \
 	fi
 
 test-browser: services ## End-to-end test in a real browser (Debian's Chromium) through the gateway of a private stack

@@ -55,6 +55,9 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// The most one write takes; the caller writes the rest once it has gone.
 const MAX_WRITE_BYTES: usize = 64 * 1024;
 
+/// A send buffer grown past this is given back once its bytes have gone.
+const RETAINED_WRITE_BYTES: usize = 16 * 1024;
+
 /// How long dropping a ring waits for the kernel to give back operations it still holds.
 const DRAIN_ON_DROP: Duration = Duration::from_millis(200);
 
@@ -518,10 +521,16 @@ impl Inner {
                     write.posted = false;
                     if res < 0 {
                         write.error = Some(-res);
+                    } else if res == 0 && write.sent < write.buf.len() {
+                        // Nothing taken and no error: the bytes cannot go, say so.
+                        write.error = Some(libc::EPIPE);
                     } else {
                         write.sent += res as usize;
-                        if write.sent < write.buf.len() && res > 0 && !slot.dropped {
+                        if write.sent < write.buf.len() && !slot.dropped {
                             resend.push(id);
+                        } else if write.buf.capacity() > RETAINED_WRITE_BYTES {
+                            // A large answer's buffer is not kept for the connection's life.
+                            write.buf = Vec::new();
                         }
                     }
                     wakers.extend(write.waker.take());
@@ -548,7 +557,7 @@ impl Inner {
         slot.dropped = false;
         let read = std::mem::take(&mut slot.read.buf);
         let mut write = std::mem::take(&mut slot.write.buf);
-        if write.capacity() > MAX_WRITE_BYTES {
+        if write.capacity() > RETAINED_WRITE_BYTES {
             write = Vec::new();
         }
         write.clear();
@@ -751,5 +760,154 @@ impl Drop for RingStream {
             .build()
             .user_data(((id as u64) << 2) | CANCEL);
         inner.push(&cancel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the near end served by the ring, the far end a plain tokio socket.
+    async fn pair() -> (RingStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(listener.accept(), far);
+        match Socket::new(near.unwrap().0, true) {
+            Socket::Ring(near) => (near, far.unwrap()),
+            Socket::Epoll(_) => panic!("these tests need a kernel that allows io_uring"),
+        }
+    }
+
+    async fn read_to_end(far: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut got))
+            .await
+            .expect("the far end sees the end of the stream")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_go_both_ways_and_the_far_close_reads_as_the_end() {
+        let (mut near, mut far) = pair().await;
+        far.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        near.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        near.write_all(b"pong").await.unwrap();
+        near.flush().await.unwrap();
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        drop(far);
+        assert_eq!(near.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(
+            near.read(&mut buf).await.unwrap(),
+            0,
+            "the end stays the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_large_enough_to_need_many_sends_arrives_whole_and_in_order() {
+        let (mut near, mut far) = pair().await;
+        let sent: Vec<u8> = (0..3 * MAX_WRITE_BYTES + 123)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let reader = tokio::spawn(async move { read_to_end(&mut far).await });
+        near.write_all(&sent).await.unwrap();
+        near.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    #[tokio::test]
+    async fn an_answer_written_just_before_the_drop_still_arrives_then_the_socket_closes() {
+        let (mut near, mut far) = pair().await;
+        near.write_all(b"last words").await.unwrap();
+        // No flush: a `Connection: close` answer is dropped right after its last write.
+        drop(near);
+        assert_eq!(read_to_end(&mut far).await, b"last words");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_stream_with_a_receive_posted_closes_its_socket() {
+        let (near, mut far) = pair().await;
+        // The receive posted at registration is still waiting for bytes when the stream goes.
+        drop(near);
+        assert_eq!(read_to_end(&mut far).await, b"");
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_learns_its_peer_closed_without_reading() {
+        let (near, far) = pair().await;
+        assert!(near.is_idle_and_open());
+        drop(far);
+        let learned = async {
+            while near.is_idle_and_open() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), learned)
+            .await
+            .expect("the close is noticed");
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_unasked_make_an_idle_stream_unusable() {
+        let (near, mut far) = pair().await;
+        far.write_all(b"surprise").await.unwrap();
+        let learned = async {
+            while near.is_idle_and_open() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), learned)
+            .await
+            .expect("the unasked bytes are noticed");
+    }
+
+    #[tokio::test]
+    async fn writing_to_a_peer_that_reset_the_connection_fails() {
+        let (mut near, far) = pair().await;
+        // Linger 0: closing sends a reset rather than a FIN.
+        far.set_zero_linger().unwrap();
+        drop(far);
+        let mut buf = [0u8; 1];
+        assert!(
+            near.read(&mut buf).await.is_err(),
+            "a reset reads as an error"
+        );
+        let failed = async {
+            loop {
+                if near.write_all(b"x").await.is_err() || near.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), failed)
+            .await
+            .expect("the write fails");
+    }
+
+    #[tokio::test]
+    async fn a_slot_freed_by_a_drop_serves_the_next_socket() {
+        let (first, _far) = pair().await;
+        let id = first.id;
+        drop(first);
+        // The cancel and the cancelled receive come back on the next turns.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut second, mut far) = pair().await;
+        assert_eq!(
+            second.id, id,
+            "the slot is reused once its operations are back"
+        );
+        far.write_all(b"fresh").await.unwrap();
+        let mut buf = [0u8; 5];
+        second.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"fresh");
     }
 }

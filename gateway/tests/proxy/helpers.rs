@@ -240,8 +240,13 @@ pub(crate) struct TestGateway {
 pub(crate) const LISTEN: &str = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
 
 impl TestGateway {
+    /// A gateway on `toml`. `GATEWAY_TEST_IO_URING=false` runs it on epoll, so the suite
+    /// covers both socket paths (`make test` runs it both ways).
     pub(crate) async fn start(toml: &str) -> Self {
-        let config = Config::parse(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let mut config = Config::parse(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        if std::env::var("GATEWAY_TEST_IO_URING").is_ok_and(|v| v == "false") {
+            config.io_uring = false;
+        }
         Self::start_with(Gateway::build(config).await.unwrap())
     }
 
