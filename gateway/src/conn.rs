@@ -14,7 +14,7 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -116,10 +116,17 @@ pub async fn idle(clock: &AtomicU64, limit: Duration) {
 }
 
 /// A timer owned by one connection and re-armed for each request.
+///
+/// Re-arming is lazy: a deadline moved later leaves the timer where it is, and when the
+/// timer fires early it is pushed on to the real deadline then. Deadlines on a busy
+/// connection only ever move later, so the timer is touched about once per timeout period
+/// instead of once per request.
 #[derive(Debug, Default)]
 pub struct Deadline {
     /// Created on first use: most connections never need some of their timeouts.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The instant that counts; the timer may be set earlier.
+    at: Option<Instant>,
 }
 
 impl Deadline {
@@ -130,17 +137,27 @@ impl Deadline {
 
     /// Sets the instant at which [`within`](Self::within) gives up.
     pub fn arm(&mut self, at: Instant) {
+        self.at = Some(at);
         match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().reset(at),
+            // A timer due later than the new deadline would fire too late: moved now.
+            Some(sleep) if sleep.deadline() > at => sleep.as_mut().reset(at),
+            Some(_) => {}
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
     /// Ready once the armed instant has passed; never, unarmed.
     pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Pending,
+        let (Some(sleep), Some(at)) = (&mut self.sleep, self.at) else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= at {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier deadline since moved on.
+            sleep.as_mut().reset(at);
         }
     }
 
@@ -177,5 +194,40 @@ impl Deadline {
             self.poll_passed(cx).map(|()| None)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(40);
+    const LONG: Duration = Duration::from_millis(400);
+
+    #[tokio::test]
+    async fn a_deadline_moved_later_does_not_fire_at_the_earlier_instant() {
+        let mut deadline = Deadline::new();
+        let now = Instant::now();
+        deadline.arm(now + SHORT);
+        // The next request's deadline: the timer stays set for the first, and must not end
+        // the wait when it fires.
+        deadline.arm(now + LONG);
+        let waited = deadline.within(tokio::time::sleep(SHORT * 3)).await;
+        assert_eq!(waited, Some(()), "the moved deadline has not passed yet");
+        assert_eq!(deadline.within(std::future::pending::<()>()).await, None);
+        assert!(
+            Instant::now() >= now + LONG,
+            "it fires at the later instant"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_moved_earlier_fires_at_the_earlier_instant() {
+        let mut deadline = Deadline::new();
+        let now = Instant::now();
+        deadline.arm(now + LONG * 10);
+        deadline.arm(now + SHORT);
+        assert_eq!(deadline.within(std::future::pending::<()>()).await, None);
+        assert!(Instant::now() < now + LONG * 10);
     }
 }

@@ -47,7 +47,7 @@ use tokio::net::TcpStream;
 
 /// Submission queue entries; a turn that queues more submits early, so this bounds only how
 /// many operations share one system call.
-const RING_ENTRIES: u32 = 1024;
+const RING_ENTRIES: u32 = 256;
 
 /// Bytes one receive can bring in.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
