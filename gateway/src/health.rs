@@ -18,7 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::body::UpstreamBody;
 use crate::config::HealthConfig;
 use crate::h1::RequestHead;
-use crate::upstream::{Backend, Upstream};
+use crate::upstream::{Backend, Upstream, now_ms};
 
 /// Starts the health task of an upstream; it ends on shutdown or when a reload retires the
 /// upstream.
@@ -90,7 +90,11 @@ async fn check(backend: &Backend, health: &HealthConfig) -> bool {
         host: None,
     };
     let exchange = async {
-        let response = backend.pool.send(&head, UpstreamBody::Empty).await.ok()?;
+        let response = backend
+            .pool
+            .send(&head, UpstreamBody::Empty, now_ms())
+            .await
+            .ok()?;
         let ok = response.status().is_success() || response.status().is_redirection();
         // Read the body to its end so the connection can go back to the pool.
         response.into_body().collect().await.ok()?;

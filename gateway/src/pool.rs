@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use crate::body::{BodyError, UpstreamBody};
 use crate::h1::{self, Chunked, Decoded, Delimiter, Framing, RequestHead, ResponseFields};
 use crate::ring::Socket;
-use crate::upstream::{ClientSettings, now_ms};
+use crate::upstream::ClientSettings;
 
 /// Idle connections kept per backend; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -116,17 +116,21 @@ impl ConnPool {
     }
 
     /// Sends a request on a pooled connection, or a new one, and reads the response head. A
-    /// pooled connection found closed is dropped without counting as a failure.
+    /// pooled connection found closed is dropped without counting as a failure. `now_ms` is
+    /// [`now_ms`](crate::upstream::now_ms) as the caller read it; it also stamps the connection's return to the pool,
+    /// so a connection counts as idle from the start of its last exchange (a little early,
+    /// which only retires it sooner) and a request costs the pool no clock read.
     pub async fn send(
         self: &Arc<Self>,
         head: &RequestHead<'_>,
         body: UpstreamBody,
+        now_ms: u64,
     ) -> Result<Response<BackendBody>, SendError> {
-        let conn = match self.take_idle() {
+        let conn = match self.take_idle(now_ms) {
             Some(conn) => conn,
             // Boxed: the connect future is needed only for a new connection, and keeping it
             // out of line keeps every request's future small.
-            None => Box::pin(self.connect()).await.map_err(|error| {
+            None => Box::pin(self.connect(now_ms)).await.map_err(|error| {
                 tracing::debug!(message = "Connect failed.", backend = %self.addr, %error);
                 SendError::Connect(error)
             })?,
@@ -135,8 +139,7 @@ impl ConnPool {
     }
 
     /// The most recently used idle connection that is still open.
-    fn take_idle(self: &Arc<Self>) -> Option<Conn> {
-        let now = now_ms();
+    fn take_idle(self: &Arc<Self>, now: u64) -> Option<Conn> {
         loop {
             let idle = self
                 .idle
@@ -149,11 +152,12 @@ impl ConnPool {
             return Some(Conn {
                 connection: idle.connection,
                 pool: Arc::clone(self),
+                taken_ms: now,
             });
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> io::Result<Conn> {
+    async fn connect(self: &Arc<Self>, now_ms: u64) -> io::Result<Conn> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -165,6 +169,7 @@ impl ConnPool {
                 write_buf: Vec::with_capacity(1024),
             }),
             pool: Arc::clone(self),
+            taken_ms: now_ms,
         })
     }
 
@@ -172,8 +177,8 @@ impl ConnPool {
         now_ms.saturating_sub(idle.since_ms) <= self.idle_timeout_ms && idle.connection.is_usable()
     }
 
-    fn release(&self, connection: Box<Connection>) {
-        let now = now_ms();
+    /// Returns a connection taken at `now` ([`now_ms`](crate::upstream::now_ms)).
+    fn release(&self, connection: Box<Connection>, now: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Idle connections are not read, so one the backend closed would wait at the front
         // until it is taken; each release closes the oldest if it expired or was closed.
@@ -198,6 +203,8 @@ impl ConnPool {
 struct Conn {
     connection: Box<Connection>,
     pool: Arc<ConnPool>,
+    /// When it was taken from the pool (or opened), in [`now_ms`](crate::upstream::now_ms).
+    taken_ms: u64,
 }
 
 impl Conn {
@@ -301,7 +308,7 @@ impl Conn {
     }
 
     fn release(self) {
-        self.pool.release(self.connection);
+        self.pool.release(self.connection, self.taken_ms);
     }
 }
 
@@ -575,6 +582,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    use crate::upstream::now_ms;
+
     use super::*;
 
     /// A backend that answers each request head with the next scripted response, closing the
@@ -623,7 +632,10 @@ mod tests {
             headers: &headers,
             host: None,
         };
-        let response = pool.send(&head, UpstreamBody::Empty).await.unwrap();
+        let response = pool
+            .send(&head, UpstreamBody::Empty, now_ms())
+            .await
+            .unwrap();
         let status = response.status();
         let collected = response.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned();

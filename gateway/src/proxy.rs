@@ -26,7 +26,7 @@ use crate::h1::RequestHead;
 use crate::pool::{BackendBody, SendError};
 use crate::server::ClientBody;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{Backend, InFlight, Upstream};
+use crate::upstream::{Backend, InFlight, Upstream, ms_at};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -328,7 +328,7 @@ async fn attempt(
     // One clock read serves both the deadline and the latency.
     let started = tokio::time::Instant::now();
     deadline.arm(started + rt.response_timeout);
-    let sent = backend.pool.send(&head, body);
+    let sent = backend.pool.send(&head, body, ms_at(started.into_std()));
     let passive = upstream.passive_failures;
     match deadline.within(sent).await {
         Some(Ok(response)) => {

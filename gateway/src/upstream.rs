@@ -29,10 +29,16 @@ pub struct ClientSettings {
     pub io_uring: bool,
 }
 
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// Milliseconds since the process started; cheap to store in an atomic.
 pub(crate) fn now_ms() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_millis() as u64
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] of an instant already read, so a caller that has one spends no clock read.
+pub(crate) fn ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH).as_millis() as u64
 }
 
 /// One backend server.
