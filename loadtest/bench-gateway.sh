@@ -2,7 +2,8 @@
 # Benchmarks the scaleout gateway against nginx and HAProxy, each with one worker, in front of
 # the same nginx backend, on loopback. Prints a markdown table: requests/s, p50, p99 and each
 # proxy's CPU time per request (utime + stime from /proc, children included), with the backend
-# served directly as the ceiling. Then compares the L4 mode with HAProxy's `mode tcp`.
+# served directly as the ceiling. Then compares the L4 mode with HAProxy's `mode tcp`. A second
+# gateway with `io_uring = false` shows what its io_uring sockets are worth.
 #
 # Usage: loadtest/bench-gateway.sh            (or: make bench-gateway)
 # Knobs: DURATION=10s CONNS=64 THREADS=2 ROUNDS=3 BASE_PORT=18100
@@ -23,6 +24,9 @@ HAPROXY_TCP_PORT=$((BASE_PORT + 4))
 GATEWAY_PORT=$((BASE_PORT + 5))
 GATEWAY_ADMIN_PORT=$((BASE_PORT + 6))
 GATEWAY_TCP_PORT=$((BASE_PORT + 7))
+EPOLL_PORT=$((BASE_PORT + 8))
+EPOLL_ADMIN_PORT=$((BASE_PORT + 9))
+EPOLL_TCP_PORT=$((BASE_PORT + 10))
 
 # --- tools ---------------------------------------------------------------------------------
 missing=()
@@ -115,10 +119,13 @@ backend web_tcp
     server b1 127.0.0.1:$BACKEND_PORT
 EOF
 
-cat >"$WORK/gateway.toml" <<EOF
-listen = "127.0.0.1:$GATEWAY_PORT"
-admin_listen = "127.0.0.1:$GATEWAY_ADMIN_PORT"
+# $1: HTTP port, $2: admin port, $3: TCP port, $4: io_uring (true or false)
+gateway_conf() {
+    cat <<EOF
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
 workers = 1
+io_uring = $4
 [[upstreams]]
 name = "web"
 policy = "round_robin"
@@ -127,9 +134,12 @@ backends = [{ addr = "127.0.0.1:$BACKEND_PORT" }]
 default = true
 upstream = "web"
 [[tcp]]
-listen = "127.0.0.1:$GATEWAY_TCP_PORT"
+listen = "127.0.0.1:$3"
 upstream = "web"
 EOF
+}
+gateway_conf "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$GATEWAY_TCP_PORT" true >"$WORK/gateway.toml"
+gateway_conf "$EPOLL_PORT" "$EPOLL_ADMIN_PORT" "$EPOLL_TCP_PORT" false >"$WORK/gateway-epoll.toml"
 
 nginx -e "$WORK/backend/logs/error.log" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
 PIDS+=($!)
@@ -143,7 +153,10 @@ HAPROXY_PID=$!
 RUST_LOG=warn "$GATEWAY_BIN" --config "$WORK/gateway.toml" &
 PIDS+=($!)
 GATEWAY_PID=$!
-for port in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $HAPROXY_TCP_PORT $GATEWAY_PORT $GATEWAY_TCP_PORT; do
+RUST_LOG=warn "$GATEWAY_BIN" --config "$WORK/gateway-epoll.toml" &
+PIDS+=($!)
+EPOLL_PID=$!
+for port in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $HAPROXY_TCP_PORT $GATEWAY_PORT $GATEWAY_TCP_PORT $EPOLL_PORT $EPOLL_TCP_PORT; do
     wait_port "$port"
 done
 
@@ -194,7 +207,7 @@ run() {
 }
 
 echo "Warming up..." >&2
-for port in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $GATEWAY_PORT $HAPROXY_TCP_PORT $GATEWAY_TCP_PORT; do
+for port in $BACKEND_PORT $NGINX_PORT $HAPROXY_PORT $GATEWAY_PORT $EPOLL_PORT $HAPROXY_TCP_PORT $GATEWAY_TCP_PORT $EPOLL_TCP_PORT; do
     wrk -t "$THREADS" -c "$CONNS" -d 2s "http://127.0.0.1:$port/" >/dev/null
 done
 
@@ -204,11 +217,13 @@ for round in $(seq 1 "$ROUNDS"); do
     run "nginx" "$NGINX_PORT" "$NGINX_PID"
     run "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID"
     run "gateway" "$GATEWAY_PORT" "$GATEWAY_PID"
+    run "gateway (epoll)" "$EPOLL_PORT" "$EPOLL_PID"
 done
 for round in $(seq 1 "$ROUNDS"); do
     echo "Round $round of $ROUNDS (L4)" >&2
     run "haproxy mode tcp" "$HAPROXY_TCP_PORT" "$HAPROXY_PID"
     run "gateway tcp" "$GATEWAY_TCP_PORT" "$GATEWAY_PID"
+    run "gateway tcp (epoll)" "$EPOLL_TCP_PORT" "$EPOLL_PID"
 done
 
 # --- report --------------------------------------------------------------------------------
@@ -248,4 +263,5 @@ awk -F'|' '
         printf "         requests/s vs nginx %.2fx, vs HAProxy %.2fx (target >= 1 for both): %s\n", rps["gateway"] / rps["nginx"], rps["gateway"] / rps["haproxy"], (rps["gateway"] >= rps["nginx"] && rps["gateway"] >= rps["haproxy"]) ? "met" : "NOT met"
         printf "         p99 %.2fx nginx (target <= 1.2): %s\n", p99["gateway"] / p99["nginx"], (p99["gateway"] <= 1.2 * p99["nginx"]) ? "met" : "NOT met"
         printf "         L4: requests/s %.2fx HAProxy mode tcp, CPU/request %.2fx\n", rps["gatewaytcp"] / rps["haproxymodetcp"], cpu["gatewaytcp"] / cpu["haproxymodetcp"]
+        printf "         io_uring against epoll, CPU/request: L7 %.2fx, L4 %.2fx\n", cpu["gateway"] / cpu["gateway(epoll)"], cpu["gatewaytcp"] / cpu["gatewaytcp(epoll)"]
     }' "$WORK/table.md"

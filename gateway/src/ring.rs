@@ -49,6 +49,11 @@ use tokio::net::TcpStream;
 /// many operations share one system call.
 const RING_ENTRIES: u32 = 256;
 
+/// Sizes of registered-file table to try, largest first: an operation on a registered file
+/// skips the kernel's descriptor lookup and reference count (`fget`, about 2 % of the
+/// gateway's CPU). The kernel refuses a table larger than the descriptor limit.
+const FIXED_FILE_TABLES: [u32; 4] = [65_536, 16_384, 4_096, 1_024];
+
 /// Bytes one receive can bring in.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -196,6 +201,8 @@ impl AsRawFd for RingFd {
 
 struct Inner {
     uring: IoUring,
+    /// Slots below this use the registered-file entry of their own index.
+    fixed_files: u32,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Entries were queued since the last submission.
@@ -209,12 +216,33 @@ struct Inner {
 #[derive(Default)]
 struct Slot {
     fd: Option<OwnedFd>,
+    /// `fd` is also registered at this slot's index in the ring's file table.
+    fixed: bool,
     /// Operations the kernel holds for this slot (receive, send, cancel).
     in_flight: u8,
     /// The stream is gone: the slot is freed, and its socket closed, once `in_flight` is 0.
     dropped: bool,
     read: ReadSide,
     write: WriteSide,
+}
+
+/// How an operation names its socket.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+impl Slot {
+    /// `None` once the socket is closed (or never was open).
+    fn target(&self, id: usize) -> Option<Target> {
+        let fd = self.fd.as_ref()?.as_raw_fd();
+        Some(if self.fixed {
+            Target::Fixed(id as u32)
+        } else {
+            Target::Fd(fd)
+        })
+    }
 }
 
 #[derive(Default)]
@@ -299,6 +327,10 @@ impl Ring {
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
         // SAFETY: the descriptor is the ring's, which `Ring` closes only after dropping
         // `readiness` (field order).
+        let fixed_files = FIXED_FILE_TABLES
+            .into_iter()
+            .find(|&n| uring.submitter().register_files_sparse(n).is_ok())
+            .unwrap_or(0);
         let readiness = unsafe {
             AsyncFd::register_with_interest(
                 RingFd(uring.as_raw_fd()),
@@ -308,6 +340,7 @@ impl Ring {
         let ring = Arc::new(Ring {
             inner: Mutex::new(Inner {
                 uring,
+                fixed_files,
                 slots: Vec::new(),
                 free: Vec::new(),
                 queued: false,
@@ -327,6 +360,12 @@ impl Ring {
         let id = inner.allocate();
         // SAFETY: `fd` was just released by the stream, so the slot is its only owner.
         inner.slots[id].fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        inner.slots[id].fixed = (id as u64) < u64::from(inner.fixed_files)
+            && inner
+                .uring
+                .submitter()
+                .register_files_update(id as u32, &[fd])
+                .is_ok();
         inner.post_recv(id);
         drop(inner);
         RingStream {
@@ -452,7 +491,7 @@ impl Inner {
 
     fn post_recv(&mut self, id: usize) {
         let slot = &mut self.slots[id];
-        let Some(fd) = slot.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(target) = slot.target(id) else {
             return;
         };
         let read = &mut slot.read;
@@ -463,15 +502,18 @@ impl Inner {
         read.pos = 0;
         read.len = 0;
         slot.in_flight += 1;
-        let entry = opcode::Recv::new(types::Fd(fd), read.buf.as_mut_ptr(), read.buf.len() as u32)
-            .build()
-            .user_data(((id as u64) << 2) | RECV);
+        let (buf, len) = (read.buf.as_mut_ptr(), read.buf.len() as u32);
+        let entry = match target {
+            Target::Fd(fd) => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+            Target::Fixed(index) => opcode::Recv::new(types::Fixed(index), buf, len).build(),
+        }
+        .user_data(((id as u64) << 2) | RECV);
         self.push(&entry);
     }
 
     fn post_send(&mut self, id: usize) {
         let slot = &mut self.slots[id];
-        let Some(fd) = slot.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(target) = slot.target(id) else {
             return;
         };
         let write = &mut slot.write;
@@ -479,10 +521,17 @@ impl Inner {
         slot.in_flight += 1;
         let rest = &write.buf[write.sent..];
         // MSG_WAITALL: the kernel finishes a partial send itself rather than completing short.
-        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build()
-            .user_data(((id as u64) << 2) | SEND);
+        let (buf, len) = (rest.as_ptr(), rest.len() as u32);
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let entry = match target {
+            Target::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
+                .flags(flags)
+                .build(),
+            Target::Fixed(index) => opcode::Send::new(types::Fixed(index), buf, len)
+                .flags(flags)
+                .build(),
+        }
+        .user_data(((id as u64) << 2) | SEND);
         self.push(&entry);
     }
 
@@ -553,6 +602,13 @@ impl Inner {
     /// Closes a dropped stream's socket and keeps its buffers for the next one.
     fn release(&mut self, id: usize) {
         let slot = &mut self.slots[id];
+        if slot.fixed {
+            // The table holds its own reference: without this the socket would stay open.
+            let _ = self
+                .uring
+                .submitter()
+                .register_files_update(id as u32, &[-1]);
+        }
         slot.fd = None;
         slot.dropped = false;
         let read = std::mem::take(&mut slot.read.buf);
@@ -750,13 +806,17 @@ impl Drop for RingStream {
             inner.release(id);
             return;
         }
-        let Some(fd) = slot.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(target) = slot.target(id) else {
             return;
         };
         // Queued after any send still waiting to be submitted, so a last answer goes out
         // first; a send the peer is not reading, and the posted receive, are cancelled.
         slot.in_flight += 1;
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+        let on = match target {
+            Target::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
+            Target::Fixed(index) => types::CancelBuilder::fd(types::Fixed(index)),
+        };
+        let cancel = opcode::AsyncCancel2::new(on.all())
             .build()
             .user_data(((id as u64) << 2) | CANCEL);
         inner.push(&cancel);
