@@ -907,6 +907,11 @@ mod tests {
         let (near, far) = pair().await;
         assert!(near.is_idle_and_open());
         drop(far);
+        until_unusable(&near).await;
+    }
+
+    /// Waits (boundedly) for an idle stream to stop counting as usable.
+    async fn until_unusable(near: &RingStream) {
         let learned = async {
             while near.is_idle_and_open() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -914,21 +919,14 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(5), learned)
             .await
-            .expect("the close is noticed");
+            .expect("the stream stops counting as idle and open");
     }
 
     #[tokio::test]
     async fn bytes_sent_unasked_make_an_idle_stream_unusable() {
         let (near, mut far) = pair().await;
         far.write_all(b"surprise").await.unwrap();
-        let learned = async {
-            while near.is_idle_and_open() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), learned)
-            .await
-            .expect("the unasked bytes are noticed");
+        until_unusable(&near).await;
     }
 
     #[tokio::test]
