@@ -24,6 +24,10 @@
 //! - A write is copied and queued, and reported done; the next write or a flush waits for
 //!   the kernel to take it. That is what `send` promises too (the kernel has the bytes), one
 //!   turn later; an error surfaces on the next write, flush or read.
+//! - Dropping a stream cancels what it still has posted. A send already queued is attempted
+//!   first, so a last answer that fits in the socket goes out; one still waiting for room is
+//!   cancelled, so a writer that must deliver flushes before it drops (the server does before
+//!   closing a connection).
 //!
 //! This is the one module with `unsafe` code. Its invariant: a buffer or descriptor named in
 //! a queued entry belongs to a slot that is neither freed nor touched until the entry's
@@ -49,6 +53,13 @@ use tokio::net::TcpStream;
 /// Submission queue entries; a turn that queues more submits early, so this bounds only how
 /// many operations share one system call.
 const RING_ENTRIES: u32 = 256;
+
+/// Completion queue entries. More completions than this wait in the kernel's overflow list
+/// until the next turn asks for them.
+const COMPLETION_ENTRIES: u32 = 4096;
+
+/// The oldest kernel whose cancellation by descriptor covers registered files, `(major, minor)`.
+const MIN_KERNEL: (u32, u32) = (6, 0);
 
 /// Sizes of registered-file table to try, largest first: an operation on a registered file
 /// skips the kernel's descriptor lookup and reference count (`fget`, about 2 % of the
@@ -208,6 +219,9 @@ struct Inner {
     free: Vec<usize>,
     /// Entries were queued since the last submission.
     queued: bool,
+    /// Entries that found the submission queue full even after a submission; they go first
+    /// in the next turn.
+    backlog: Vec<squeue::Entry>,
     /// The driving task, when it waits for work.
     driver: Option<Waker>,
 }
@@ -319,19 +333,28 @@ impl Ring {
     }
 
     fn start() -> io::Result<Arc<Ring>> {
+        // Cancelling every operation on a descriptor, registered or not, is what closes a
+        // dropped stream's socket; older kernels refuse it.
+        if kernel_release() < MIN_KERNEL {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring sockets need Linux 6.0 or later",
+            ));
+        }
         // Cooperative task running: completions are posted when the thread next enters the
-        // kernel, instead of by interrupting it wherever it is.
+        // kernel, instead of by interrupting it wherever it is. A large completion queue,
+        // since every open socket keeps a receive posted.
         let uring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
-        // SAFETY: the descriptor is the ring's, which `Ring` closes only after dropping
-        // `readiness` (field order).
+            .setup_cqsize(COMPLETION_ENTRIES)
+            .build(RING_ENTRIES)?;
         let fixed_files = FIXED_FILE_TABLES
             .into_iter()
             .find(|&n| uring.submitter().register_files_sparse(n).is_ok())
             .unwrap_or(0);
+        // SAFETY: the descriptor is the ring's, which `Ring` closes only after dropping
+        // `readiness` (field order).
         let readiness = unsafe {
             AsyncFd::register_with_interest(
                 RingFd(uring.as_raw_fd()),
@@ -345,12 +368,16 @@ impl Ring {
                 slots: Vec::new(),
                 free: Vec::new(),
                 queued: false,
+                backlog: Vec::new(),
                 driver: None,
             }),
             readiness,
             driven: AtomicBool::new(true),
         });
-        tokio::spawn(drive(Arc::downgrade(&ring)));
+        // Made before the spawn: a runtime dropped before the driver first runs still marks
+        // the ring undriven, so the next runtime on this thread gets a new one.
+        let stopped = Stopped(Arc::downgrade(&ring));
+        tokio::spawn(drive(Arc::downgrade(&ring), stopped));
         Ok(ring)
     }
 
@@ -392,25 +419,34 @@ impl Ring {
     }
 
     /// Submits what is queued and wakes the tasks whose operations completed; returns how
-    /// many it woke.
-    fn turn(&self) -> usize {
+    /// many it woke, and whether it submitted or reaped anything at all.
+    fn turn(&self) -> (usize, bool) {
         let mut inner = lock(&self.inner);
-        let taskrun = inner.uring.submission().taskrun();
-        if inner.queued || taskrun {
-            inner.queued = false;
-            if let Err(error) = inner.uring.submit() {
-                // EINTR or EBUSY (completions to reap first): the next turn submits again.
-                inner.queued = true;
-                tracing::trace!(message = "io_uring submission deferred.", %error);
+        inner.flush_backlog();
+        let sq = inner.uring.submission();
+        // Either flag needs an enter: task work to run, or completions parked in overflow.
+        let kernel_work = sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        let mut progressed = false;
+        if inner.queued || kernel_work {
+            inner.queued = !inner.backlog.is_empty();
+            match inner.uring.submit() {
+                Ok(submitted) => progressed = submitted > 0,
+                Err(error) => {
+                    // EINTR or EBUSY (completions to reap first): the next turn submits again.
+                    inner.queued = true;
+                    tracing::trace!(message = "io_uring submission deferred.", %error);
+                }
             }
         }
+        progressed |= !inner.uring.completion().is_empty();
         let wakers = inner.reap();
         drop(inner);
         let woken = wakers.len();
         for waker in wakers {
             waker.wake();
         }
-        woken
+        (woken, progressed)
     }
 
     /// Ready when there is something to submit or reap.
@@ -420,6 +456,7 @@ impl Ring {
             if inner.queued
                 || !inner.uring.completion().is_empty()
                 || inner.uring.submission().taskrun()
+                || inner.uring.submission().cq_overflow()
             {
                 return Poll::Ready(());
             }
@@ -474,12 +511,14 @@ impl Inner {
     fn push(&mut self, entry: &squeue::Entry) {
         // SAFETY (for both pushes): every entry's buffer belongs to a slot that stays
         // allocated, and is not touched by user code, until its completion is reaped.
-        if unsafe { self.uring.submission().push(entry) }.is_err() {
-            // A full queue is submitted early; the entry then fits.
+        if !self.backlog.is_empty() {
+            // Behind the entries already waiting, to keep their order.
+            self.backlog.push(entry.clone());
+        } else if unsafe { self.uring.submission().push(entry) }.is_err() {
+            // A full queue is submitted early; the entry then fits, or waits its turn.
             let _ = self.uring.submit();
             if unsafe { self.uring.submission().push(entry) }.is_err() {
-                tracing::error!("io_uring submission queue stuck full");
-                return;
+                self.backlog.push(entry.clone());
             }
         }
         if !self.queued {
@@ -487,6 +526,28 @@ impl Inner {
             if let Some(driver) = self.driver.take() {
                 driver.wake();
             }
+        }
+    }
+
+    /// Moves waiting entries into the submission queue, as many as fit.
+    fn flush_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let mut moved = 0;
+        {
+            let mut sq = self.uring.submission();
+            for entry in &self.backlog {
+                // SAFETY: as in `push`; these entries were checked in there.
+                if unsafe { sq.push(entry) }.is_err() {
+                    break;
+                }
+                moved += 1;
+            }
+        }
+        self.backlog.drain(..moved);
+        if moved > 0 {
+            self.queued = true;
         }
     }
 
@@ -625,36 +686,65 @@ impl Inner {
     }
 }
 
+/// The running kernel's `(major, minor)`; `(0, 0)` if it cannot be read.
+fn kernel_release() -> (u32, u32) {
+    let mut name = std::mem::MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `uname` fills the struct it is given; on failure it stays zeroed.
+    let name = unsafe {
+        libc::uname(name.as_mut_ptr());
+        name.assume_init()
+    };
+    // SAFETY: `release` is a NUL-terminated string inside the struct (or all zeros).
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    let mut parts = release
+        .to_str()
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Submits and reaps for one ring until its runtime drops this task.
-async fn drive(ring: Weak<Ring>) {
-    struct Stopped(Weak<Ring>);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            if let Some(ring) = self.0.upgrade() {
-                ring.driven.store(false, Ordering::Release);
-            }
+/// Marks its ring undriven when the driving task is dropped.
+struct Stopped(Weak<Ring>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(ring) = self.0.upgrade() {
+            ring.driven.store(false, Ordering::Release);
         }
     }
-    let _stopped = Stopped(ring.clone());
+}
+
+/// Steps aside once: the task goes behind every task already woken.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
+async fn drive(ring: Weak<Ring>, _stopped: Stopped) {
     loop {
         let Some(current) = ring.upgrade() else {
             return;
         };
-        let woken = current.turn();
+        let (woken, progressed) = current.turn();
         drop(current);
-        if woken > 0 {
+        if woken > 0 || !progressed {
             // Behind the tasks just woken, so what they queue goes in the next submission.
-            let mut yielded = false;
-            poll_fn(|cx| {
-                if yielded {
-                    return Poll::Ready(());
-                }
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            })
-            .await;
-            continue;
+            // A turn that did nothing although work seemed due (task work only another
+            // thread can run, a refused submission) steps aside too: never spin in one poll.
+            yield_once().await;
+            if woken > 0 {
+                continue;
+            }
         }
         let alive = poll_fn(|cx| match ring.upgrade() {
             Some(current) => current.poll_work(cx).map(|()| true),
@@ -684,8 +774,9 @@ impl std::fmt::Debug for RingStream {
 impl RingStream {
     fn is_idle_and_open(&self) -> bool {
         let inner = lock(&self.ring.inner);
-        let read = &inner.slots[self.id].read;
-        read.posted && read.pos == read.len && read.ended.is_none()
+        let slot = &inner.slots[self.id];
+        let read = &slot.read;
+        read.posted && read.pos == read.len && read.ended.is_none() && slot.write.error.is_none()
     }
 
     /// Copies `bufs` into the send buffer (up to [`MAX_WRITE_BYTES`]) and queues them.
@@ -810,8 +901,8 @@ impl Drop for RingStream {
         let Some(target) = slot.target(id) else {
             return;
         };
-        // Queued after any send still waiting to be submitted, so a last answer goes out
-        // first; a send the peer is not reading, and the posted receive, are cancelled.
+        // Queued after any send still waiting to be submitted, so a last answer that fits goes
+        // out first; a send waiting for room, and the posted receive, are cancelled.
         slot.in_flight += 1;
         let on = match target {
             Target::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
@@ -892,6 +983,22 @@ mod tests {
         // No flush: a `Connection: close` answer is dropped right after its last write.
         drop(near);
         assert_eq!(read_to_end(&mut far).await, b"last words");
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_until_the_kernel_has_taken_every_byte() {
+        let (mut near, mut far) = pair().await;
+        // Far more than the socket buffers hold, with nobody reading at first.
+        let sent: Vec<u8> = (0..8 << 20).map(|i| (i % 253) as u8).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            near.write_all(&sent).await.unwrap();
+            near.flush().await.unwrap();
+            // Dropped at once after the flush, as the server drops a closed connection.
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(read_to_end(&mut far).await, expected);
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -679,7 +679,7 @@ impl Connection {
         drop(parts);
         if let Outgoing::Bodiless { .. } = outgoing {
             drop(body);
-            return self.write(&[]).await && !close;
+            return self.write(&[]).await && self.flush_if(close).await && !close;
         }
 
         let chunked = outgoing == Outgoing::Chunked;
@@ -767,7 +767,7 @@ impl Connection {
             }
             _ => {}
         }
-        let written = self.write(&[]).await;
+        let written = self.write(&[]).await && self.flush_if(close).await;
         // The backend's in-flight slot is held until the last byte has left.
         drop(body);
         written && !close
@@ -820,6 +820,26 @@ impl Connection {
                 false
             }
         }
+    }
+
+    /// When `last`, waits (up to `idle`) until the kernel has taken everything written: a
+    /// socket on the ring reports a write done once it is queued, and dropping it would
+    /// cancel a send still waiting for room. `true` when there is nothing left to send.
+    async fn flush_if(&mut self, last: bool) -> bool {
+        if !last {
+            return true;
+        }
+        let Self {
+            wire,
+            idle,
+            idle_deadline,
+            ..
+        } = self;
+        let flushed = poll_fn(|cx| Pin::new(&mut lock(wire).stream).poll_flush(cx));
+        matches!(
+            idle_deadline.within_once_waiting(*idle, flushed).await,
+            Some(Ok(()))
+        )
     }
 
     /// Ends the sending side and reads what the client still sends for a while: closing with
