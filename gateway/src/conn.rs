@@ -5,9 +5,9 @@
 //! last read or write, and one watchdog per connection sleeps until that time plus `idle_ms`.
 //! The public listener's server keeps a [`Deadline`] per connection for each timeout (idle,
 //! backend response) and moves it on for every request (a request body that has to wait for
-//! the client gets one of its own): pushing a registered timer later
-//! touches no shared timer state, where a fresh `tokio::time::timeout` registers and
-//! deregisters one each time.
+//! the client gets one of its own). A deadline moved later leaves its timer where it is until
+//! the timer fires, so a busy connection touches the timer wheel about once per timeout
+//! period, where a fresh `tokio::time::timeout` registers and deregisters a timer each time.
 
 use std::future::{Future, poll_fn};
 use std::io;
