@@ -35,17 +35,21 @@
 
 #![allow(unsafe_code)]
 
+use std::alloc::Layout;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use io_uring::{IoUring, opcode, squeue, types};
+use io_uring::types::BufRingEntry;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -66,8 +70,26 @@ const MIN_KERNEL: (u32, u32) = (6, 0);
 /// gateway's CPU). The kernel refuses a table larger than the descriptor limit.
 const FIXED_FILE_TABLES: [u32; 4] = [65_536, 16_384, 4_096, 1_024];
 
-/// Bytes one receive can bring in.
-const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Receive buffers shared by the sockets of one ring, and the bytes of each: 4 MiB per thread
+/// however many connections it holds, where a buffer per socket would cost that much for every
+/// 256 idle connections. Received bytes wait in a shared buffer until their reader takes them.
+const SHARED_BUFFERS: u16 = 512;
+const SHARED_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Shared buffers one socket may fill before its reader takes them. A socket at this many
+/// stops receiving, so the kernel's socket buffer and then TCP's window hold its sender back,
+/// as they would on epoll, and one fast sender cannot take the buffers every socket shares.
+const HELD_PER_SOCKET: usize = 4;
+
+/// The buffer a socket receives into on its own once the shared ones are all taken, so a
+/// socket's progress never waits on another socket's reader.
+const OWN_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The group id of the shared buffers: a ring registers only the one group.
+const BUFFER_GROUP: u16 = 0;
+
+/// The buffer id that stands for a socket's own buffer in its queue of received chunks.
+const OWN_BUFFER: u16 = u16::MAX;
 
 /// The most one write takes; the caller writes the rest once it has gone.
 const MAX_WRITE_BYTES: usize = 64 * 1024;
@@ -78,9 +100,13 @@ const RETAINED_WRITE_BYTES: usize = 16 * 1024;
 /// How long dropping a ring waits for the kernel to give back operations it still holds.
 const DRAIN_ON_DROP: Duration = Duration::from_millis(200);
 
+/// The kind of operation, in the low two bits of its user data; the slot index is above.
+/// A receive into the shared buffers, multishot: it stays posted across completions.
 const RECV: u64 = 0;
 const SEND: u64 = 1;
 const CANCEL: u64 = 2;
+/// A one-shot receive into the socket's own buffer.
+const RECV_OWN: u64 = 3;
 /// The user data of the cancel-everything entry of `Drop for Ring`, which has no slot.
 const RING_CANCEL: u64 = u64::MAX;
 
@@ -224,6 +250,9 @@ struct Inner {
     backlog: Vec<squeue::Entry>,
     /// The driving task, when it waits for work.
     driver: Option<Waker>,
+    /// `None` where the kernel refused them: every receive then uses its socket's own buffer.
+    /// After `uring`, so the ring closes before the buffers go.
+    shared: Option<SharedBuffers>,
 }
 
 /// One socket's state. Its buffers are on the heap, so moving the slot (as the vector
@@ -262,14 +291,159 @@ impl Slot {
 
 #[derive(Default)]
 struct ReadSide {
-    buf: Box<[u8]>,
-    /// Unread bytes are `buf[pos..len]`.
+    /// Received bytes not yet read, oldest first: `(buffer id, length)`, where the id is a
+    /// shared buffer's or [`OWN_BUFFER`].
+    chunks: VecDeque<(u16, usize)>,
+    /// Bytes of the front chunk already read.
     pos: usize,
-    len: usize,
-    posted: bool,
+    /// Allocated the first time the shared buffers run out under this socket.
+    own: Box<[u8]>,
+    posted: Option<Posted>,
+    /// A cancel of the multishot receive is queued: the socket holds its share of buffers.
+    pausing: bool,
+    /// The shared buffers ran out under this socket's receive; the next one uses `own`.
+    starved: bool,
     /// The end of the stream (0) or an error (a negative errno); sticky.
     ended: Option<i32>,
     waker: Option<Waker>,
+}
+
+/// Which receive the kernel holds for a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Posted {
+    /// Multishot, into the shared buffers: it completes once per arrival and stays posted.
+    Shared,
+    /// One-shot, into the socket's own buffer.
+    Own,
+}
+
+/// Receive buffers lent to the kernel through a provided-buffer ring. A multishot receive on
+/// any socket takes the next free buffer as data arrives, and the reader gives it back once it
+/// has copied the bytes out; a socket with nothing arriving holds no buffer at all.
+struct SharedBuffers {
+    /// How many: a power of two, [`SHARED_BUFFERS`] outside tests.
+    count: u16,
+    /// The descriptors the kernel takes buffers from, one per buffer, on pages of their own.
+    /// The tail, this side's end, is the first entry's reserved field.
+    entries: NonNull<BufRingEntry>,
+    /// The buffers, of [`SHARED_BUFFER_BYTES`] each, in one allocation.
+    memory: NonNull<u8>,
+    /// The tail as last published.
+    tail: u16,
+    /// Buffers the kernel holds, as far as the completions reaped so far tell.
+    lent: u16,
+}
+
+impl SharedBuffers {
+    fn entries_layout(count: u16) -> Layout {
+        let bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        Layout::from_size_align(bytes, page_size()).expect("a page-aligned layout")
+    }
+
+    fn memory_layout(count: u16) -> Layout {
+        Layout::from_size_align(usize::from(count) * SHARED_BUFFER_BYTES, 64)
+            .expect("a cache-line-aligned layout")
+    }
+
+    /// Allocates `count` buffers (a power of two) and lends them all to `uring` as group
+    /// [`BUFFER_GROUP`].
+    fn register(uring: &IoUring, count: u16) -> io::Result<Self> {
+        if !count.is_power_of_two() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let no_memory = || io::Error::from(io::ErrorKind::OutOfMemory);
+        // SAFETY (both allocations): the layouts have non-zero sizes.
+        let entries =
+            NonNull::new(unsafe { std::alloc::alloc_zeroed(Self::entries_layout(count)) })
+                .ok_or_else(no_memory)?
+                .cast::<BufRingEntry>();
+        let Some(memory) = NonNull::new(unsafe { std::alloc::alloc(Self::memory_layout(count)) })
+        else {
+            // SAFETY: allocated just above with this layout.
+            unsafe { std::alloc::dealloc(entries.as_ptr().cast(), Self::entries_layout(count)) };
+            return Err(no_memory());
+        };
+        // Made before registering, so that an error frees both allocations.
+        let mut shared = Self {
+            count,
+            entries,
+            memory,
+            tail: 0,
+            lent: 0,
+        };
+        // SAFETY: the entries stay allocated, and in place, until `Drop`, which runs after
+        // the ring has unregistered them or closed (`Inner`'s field order).
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                BUFFER_GROUP,
+                0,
+            )
+        }?;
+        for bid in 0..count {
+            shared.give_back(bid);
+        }
+        Ok(shared)
+    }
+
+    fn buffer(&self, bid: u16) -> *mut u8 {
+        // SAFETY: every id below `count` names a buffer inside `memory`.
+        unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * SHARED_BUFFER_BYTES)
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a reaped completion filled.
+    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(bid < self.count && len <= SHARED_BUFFER_BYTES);
+        // SAFETY: the kernel filled the buffer and let go of it, and nothing writes it until
+        // `give_back`, which needs `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.buffer(bid), len) }
+    }
+
+    /// Lends buffer `bid` to the kernel again.
+    fn give_back(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.count - 1));
+        // SAFETY: the entry at the tail is this side's to write, since the kernel reads no
+        // entry at or past the tail; `set_*` leave the first entry's tail field alone.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
+        entry.set_addr(self.buffer(bid) as u64);
+        entry.set_len(SHARED_BUFFER_BYTES as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field is a properly aligned `u16` inside the first entry, which only
+        // this side writes.
+        let tail =
+            unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries.as_ptr()).cast_mut()) };
+        // Release: the kernel that reads the new tail sees the entry written before it.
+        tail.store(self.tail, Ordering::Release);
+        self.lent += 1;
+    }
+}
+
+impl Drop for SharedBuffers {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `register` with these layouts, and the kernel holds none of it.
+        unsafe {
+            std::alloc::dealloc(
+                self.entries.as_ptr().cast(),
+                Self::entries_layout(self.count),
+            );
+            std::alloc::dealloc(self.memory.as_ptr(), Self::memory_layout(self.count));
+        }
+    }
+}
+
+// SAFETY: the pointers are owned allocations, reached only through the ring's mutex.
+unsafe impl Send for SharedBuffers {}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096).max(4096)
 }
 
 #[derive(Default)]
@@ -314,7 +488,7 @@ impl Ring {
             {
                 return Some(Arc::clone(ring));
             }
-            match Ring::start() {
+            match Ring::start(SHARED_BUFFERS) {
                 Ok(ring) => {
                     *current = Some(Arc::clone(&ring));
                     Some(ring)
@@ -332,7 +506,8 @@ impl Ring {
         })
     }
 
-    fn start() -> io::Result<Arc<Ring>> {
+    /// A ring lending `shared_buffers` receive buffers (a power of two) to its sockets.
+    fn start(shared_buffers: u16) -> io::Result<Arc<Ring>> {
         // Cancelling every operation on a descriptor, registered or not, is what closes a
         // dropped stream's socket; older kernels refuse it.
         if kernel_release() < MIN_KERNEL {
@@ -353,6 +528,13 @@ impl Ring {
             .into_iter()
             .find(|&n| uring.submitter().register_files_sparse(n).is_ok())
             .unwrap_or(0);
+        let shared = match SharedBuffers::register(&uring, shared_buffers) {
+            Ok(shared) => Some(shared),
+            Err(error) => {
+                tracing::debug!(message = "No shared receive buffers; each socket uses its own.", %error);
+                None
+            }
+        };
         // SAFETY: the descriptor is the ring's, which `Ring` closes only after dropping
         // `readiness` (field order).
         let readiness = unsafe {
@@ -370,6 +552,7 @@ impl Ring {
                 queued: false,
                 backlog: Vec::new(),
                 driver: None,
+                shared,
             }),
             readiness,
             driven: AtomicBool::new(true),
@@ -479,20 +662,28 @@ impl Drop for Ring {
         // The kernel may still hold operations on buffers about to be freed: cancel them all
         // and wait (briefly) for it to give them back.
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        if inner.slots.iter().all(|s| s.in_flight == 0) {
-            return;
+        if inner.slots.iter().any(|s| s.in_flight > 0) {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(RING_CANCEL);
+            // SAFETY: the entry refers to no memory.
+            let _ = unsafe { inner.uring.submission().push(&cancel) };
+            let deadline = std::time::Instant::now() + DRAIN_ON_DROP;
+            while inner.slots.iter().any(|s| s.in_flight > 0)
+                && std::time::Instant::now() < deadline
+            {
+                let wait = types::Timespec::new().nsec(10_000_000);
+                let args = types::SubmitArgs::new().timespec(&wait);
+                let _ = inner.uring.submitter().submit_with_args(1, &args);
+                drop(inner.reap());
+            }
         }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(RING_CANCEL);
-        // SAFETY: the entry refers to no memory.
-        let _ = unsafe { inner.uring.submission().push(&cancel) };
-        let deadline = std::time::Instant::now() + DRAIN_ON_DROP;
-        while inner.slots.iter().any(|s| s.in_flight > 0) && std::time::Instant::now() < deadline {
-            let wait = types::Timespec::new().nsec(10_000_000);
-            let args = types::SubmitArgs::new().timespec(&wait);
-            let _ = inner.uring.submitter().submit_with_args(1, &args);
-            drop(inner.reap());
+        if inner.slots.iter().any(|s| s.in_flight > 0) {
+            // The kernel kept some: leaking their buffers is safe, freeing them is not.
+            std::mem::forget(std::mem::take(&mut inner.slots));
+            std::mem::forget(inner.shared.take());
+        } else if inner.shared.is_some() {
+            let _ = inner.uring.submitter().unregister_buf_ring(BUFFER_GROUP);
         }
     }
 }
@@ -551,26 +742,66 @@ impl Inner {
         }
     }
 
+    /// Posts the socket's next receive, unless one is posted, the stream is over or the socket
+    /// holds its share of the shared buffers: multishot into those while any are left, one-shot
+    /// into its own buffer once they are not (and that buffer's last bytes have been read).
     fn post_recv(&mut self, id: usize) {
+        let shared_left = self.shared.as_ref().is_some_and(|s| s.lent > 0);
         let slot = &mut self.slots[id];
         let Some(target) = slot.target(id) else {
             return;
         };
         let read = &mut slot.read;
-        if read.buf.is_empty() {
-            read.buf = vec![0; READ_BUFFER_BYTES].into_boxed_slice();
+        if slot.dropped
+            || read.posted.is_some()
+            || read.ended.is_some()
+            || read.chunks.len() >= HELD_PER_SOCKET
+        {
+            return;
         }
-        read.posted = true;
-        read.pos = 0;
-        read.len = 0;
+        let entry = if shared_left && !read.starved {
+            read.posted = Some(Posted::Shared);
+            match target {
+                Target::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP).build(),
+                Target::Fixed(index) => {
+                    opcode::RecvMulti::new(types::Fixed(index), BUFFER_GROUP).build()
+                }
+            }
+            .user_data(((id as u64) << 2) | RECV)
+        } else {
+            if read.chunks.iter().any(|&(bid, _)| bid == OWN_BUFFER) {
+                return;
+            }
+            read.starved = false;
+            if read.own.is_empty() {
+                read.own = vec![0; OWN_BUFFER_BYTES].into_boxed_slice();
+            }
+            read.posted = Some(Posted::Own);
+            let (buf, len) = (read.own.as_mut_ptr(), read.own.len() as u32);
+            match target {
+                Target::Fd(fd) => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+                Target::Fixed(index) => opcode::Recv::new(types::Fixed(index), buf, len).build(),
+            }
+            .user_data(((id as u64) << 2) | RECV_OWN)
+        };
         slot.in_flight += 1;
-        let (buf, len) = (read.buf.as_mut_ptr(), read.buf.len() as u32);
-        let entry = match target {
-            Target::Fd(fd) => opcode::Recv::new(types::Fd(fd), buf, len).build(),
-            Target::Fixed(index) => opcode::Recv::new(types::Fixed(index), buf, len).build(),
-        }
-        .user_data(((id as u64) << 2) | RECV);
         self.push(&entry);
+    }
+
+    /// Cancels a socket's multishot receive: it holds its share of the shared buffers. Its
+    /// reader posts the next receive once it has taken some of them.
+    fn pause_recv(&mut self, id: usize) {
+        let slot = &mut self.slots[id];
+        if slot.dropped || slot.read.pausing || slot.read.posted != Some(Posted::Shared) {
+            return;
+        }
+        slot.read.pausing = true;
+        slot.in_flight += 1;
+        let recv = types::CancelBuilder::user_data(((id as u64) << 2) | RECV);
+        let cancel = opcode::AsyncCancel2::new(recv)
+            .build()
+            .user_data(((id as u64) << 2) | CANCEL);
+        self.push(&cancel);
     }
 
     fn post_send(&mut self, id: usize) {
@@ -602,28 +833,68 @@ impl Inner {
         let mut wakers = Vec::new();
         let mut resend = Vec::new();
         let mut released = Vec::new();
-        let Inner { uring, slots, .. } = self;
+        let mut rearm = Vec::new();
+        let mut pause = Vec::new();
+        let Inner {
+            uring,
+            slots,
+            shared,
+            ..
+        } = self;
         for cqe in uring.completion() {
             if cqe.user_data() == RING_CANCEL {
                 continue;
             }
-            let (id, kind, res) = (
+            let (id, kind, res, flags) = (
                 (cqe.user_data() >> 2) as usize,
                 cqe.user_data() & 3,
                 cqe.result(),
+                cqe.flags(),
             );
+            // A shared buffer the kernel filled is this side's now, whoever reads it.
+            let filled = cqueue::buffer_select(flags).filter(|_| shared.is_some());
+            if let (Some(_), Some(shared)) = (filled, shared.as_mut()) {
+                shared.lent = shared.lent.saturating_sub(1);
+            }
             let Some(slot) = slots.get_mut(id) else {
                 continue;
             };
-            slot.in_flight = slot.in_flight.saturating_sub(1);
+            // A multishot receive is the kernel's until its last completion.
+            let finished = !cqueue::more(flags);
+            if finished {
+                slot.in_flight = slot.in_flight.saturating_sub(1);
+            }
             match kind {
-                RECV => {
+                RECV | RECV_OWN => {
                     let read = &mut slot.read;
-                    read.posted = false;
-                    if res > 0 {
-                        read.len = res as usize;
+                    let paused = finished && std::mem::take(&mut read.pausing);
+                    if finished {
+                        read.posted = None;
+                    }
+                    let chunk = if kind == RECV_OWN {
+                        Some(OWN_BUFFER)
                     } else {
+                        filled
+                    };
+                    if res > 0 {
+                        match (chunk, shared.as_mut()) {
+                            (Some(bid), _) if !slot.dropped => {
+                                read.chunks.push_back((bid, res as usize));
+                                if !finished && read.chunks.len() >= HELD_PER_SOCKET {
+                                    pause.push(id);
+                                }
+                            }
+                            (Some(bid), Some(shared)) if bid != OWN_BUFFER => shared.give_back(bid),
+                            _ => {}
+                        }
+                    } else if res == -libc::ENOBUFS {
+                        // Not the socket's end: its bytes wait in the kernel for a buffer.
+                        read.starved = true;
+                    } else if !(res == -libc::ECANCELED && paused) {
                         read.ended = Some(res);
+                    }
+                    if finished && !slot.dropped && read.ended.is_none() {
+                        rearm.push(id);
                     }
                     wakers.extend(read.waker.take());
                 }
@@ -658,6 +929,12 @@ impl Inner {
         for id in resend {
             self.post_send(id);
         }
+        for id in rearm {
+            self.post_recv(id);
+        }
+        for id in pause {
+            self.pause_recv(id);
+        }
         wakers
     }
 
@@ -673,14 +950,21 @@ impl Inner {
         }
         slot.fd = None;
         slot.dropped = false;
-        let read = std::mem::take(&mut slot.read.buf);
+        let mut chunks = std::mem::take(&mut slot.read.chunks);
+        for (bid, _) in chunks.drain(..) {
+            if let (Some(shared), true) = (self.shared.as_mut(), bid != OWN_BUFFER) {
+                shared.give_back(bid);
+            }
+        }
+        let own = std::mem::take(&mut slot.read.own);
         let mut write = std::mem::take(&mut slot.write.buf);
         if write.capacity() > RETAINED_WRITE_BYTES {
             write = Vec::new();
         }
         write.clear();
         *slot = Slot::default();
-        slot.read.buf = read;
+        slot.read.chunks = chunks;
+        slot.read.own = own;
         slot.write.buf = write;
         self.free.push(id);
     }
@@ -776,7 +1060,10 @@ impl RingStream {
         let inner = lock(&self.ring.inner);
         let slot = &inner.slots[self.id];
         let read = &slot.read;
-        read.posted && read.pos == read.len && read.ended.is_none() && slot.write.error.is_none()
+        read.posted.is_some()
+            && read.chunks.is_empty()
+            && read.ended.is_none()
+            && slot.write.error.is_none()
     }
 
     /// Copies `bufs` into the send buffer (up to [`MAX_WRITE_BYTES`]) and queues them.
@@ -815,26 +1102,41 @@ impl AsyncRead for RingStream {
     ) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut inner = lock(&self.ring.inner);
-        let read = &mut inner.slots[id].read;
-        if read.pos < read.len {
-            let n = (read.len - read.pos).min(buf.remaining());
-            buf.put_slice(&read.buf[read.pos..read.pos + n]);
-            read.pos += n;
-            if read.pos == read.len && read.ended.is_none() {
-                inner.post_recv(id);
+        let Inner { slots, shared, .. } = &mut *inner;
+        let read = &mut slots[id].read;
+        if read.chunks.is_empty() {
+            match read.ended {
+                Some(0) => return Poll::Ready(Ok(())),
+                Some(res) => return Poll::Ready(Err(io::Error::from_raw_os_error(-res))),
+                None => {}
             }
-            return Poll::Ready(Ok(()));
-        }
-        match read.ended {
-            Some(0) => return Poll::Ready(Ok(())),
-            Some(res) => return Poll::Ready(Err(io::Error::from_raw_os_error(-res))),
-            None => {}
-        }
-        store_waker(&mut read.waker, cx);
-        if !read.posted {
+            store_waker(&mut read.waker, cx);
             inner.post_recv(id);
+            return Poll::Pending;
         }
-        Poll::Pending
+        while buf.remaining() > 0 {
+            let Some(&(bid, len)) = read.chunks.front() else {
+                break;
+            };
+            let bytes = match shared.as_ref() {
+                _ if bid == OWN_BUFFER => &read.own[..len],
+                Some(shared) => shared.bytes(bid, len),
+                None => &[],
+            };
+            let n = (len - read.pos).min(buf.remaining());
+            buf.put_slice(&bytes[read.pos..read.pos + n]);
+            read.pos += n;
+            if read.pos == len {
+                read.chunks.pop_front();
+                read.pos = 0;
+                if let (Some(shared), true) = (shared.as_mut(), bid != OWN_BUFFER) {
+                    shared.give_back(bid);
+                }
+            }
+        }
+        // Once the reader has taken some, a socket that stopped at its share receives again.
+        inner.post_recv(id);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -924,15 +1226,40 @@ mod tests {
 
     use super::*;
 
-    /// A connected pair: the near end served by the ring, the far end a plain tokio socket.
+    /// A connected pair: the near end served by the thread's ring, the far end a plain tokio
+    /// socket.
     async fn pair() -> (RingStream, TcpStream) {
+        let ring = Ring::current().expect("these tests need a kernel that allows io_uring");
+        pair_on(&ring).await
+    }
+
+    /// A connected pair with the near end served by `ring`.
+    async fn pair_on(ring: &Arc<Ring>) -> (RingStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let far = TcpStream::connect(listener.local_addr().unwrap());
         let (near, far) = tokio::join!(listener.accept(), far);
-        match Socket::new(near.unwrap().0, true) {
-            Socket::Ring(near) => (near, far.unwrap()),
-            Socket::Epoll(_) => panic!("these tests need a kernel that allows io_uring"),
-        }
+        let near = near.unwrap().0.into_std().unwrap();
+        near.set_nonblocking(false).unwrap();
+        (ring.register(near), far.unwrap())
+    }
+
+    /// How many received chunks `near` holds, and how many shared buffers its ring lends.
+    fn holdings(near: &RingStream) -> (usize, u16) {
+        let inner = lock(&near.ring.inner);
+        let lent = inner.shared.as_ref().map_or(0, |s| s.lent);
+        (inner.slots[near.id].read.chunks.len(), lent)
+    }
+
+    /// Waits (boundedly) until `ready` holds.
+    async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+        let waited = async {
+            while !ready() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), waited)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
     }
 
     async fn read_to_end(far: &mut TcpStream) -> Vec<u8> {
@@ -1014,26 +1341,70 @@ mod tests {
         let (near, far) = pair().await;
         assert!(near.is_idle_and_open());
         drop(far);
-        until_unusable(&near).await;
-    }
-
-    /// Waits (boundedly) for an idle stream to stop counting as usable.
-    async fn until_unusable(near: &RingStream) {
-        let learned = async {
-            while near.is_idle_and_open() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), learned)
-            .await
-            .expect("the stream stops counting as idle and open");
+        until("the stream stops counting as idle and open", || {
+            !near.is_idle_and_open()
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn bytes_sent_unasked_make_an_idle_stream_unusable() {
         let (near, mut far) = pair().await;
         far.write_all(b"surprise").await.unwrap();
-        until_unusable(&near).await;
+        until("the stream stops counting as idle and open", || {
+            !near.is_idle_and_open()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_leaves_the_shared_buffers_to_the_others() {
+        let (mut near, mut far) = pair().await;
+        let sent: Vec<u8> = (0..4 << 20).map(|i| (i % 249) as u8).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            // A sender that leaves the ring a turn now and then, as one on another host does.
+            for piece in sent.chunks(64 * 1024) {
+                far.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            far
+        });
+        // Nothing is read for a while: the sender goes as far as the stream lets it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (held, lent) = holdings(&near);
+        let quarter = usize::from(SHARED_BUFFERS) / 4;
+        assert!(held < quarter, "the stream holds {held} buffers");
+        assert!(
+            usize::from(lent) > 3 * quarter,
+            "only {lent} buffers are left"
+        );
+        let mut got = vec![0; expected.len()];
+        near.read_exact(&mut got).await.unwrap();
+        assert!(got == expected, "the bytes arrive whole and in order");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn with_every_shared_buffer_taken_a_socket_reads_into_its_own() {
+        let ring = Ring::start(2).unwrap();
+        let (mut starved, mut starved_far) = pair_on(&ring).await;
+        let (mut hoarder, mut hoarder_far) = pair_on(&ring).await;
+        // Two arrivals nobody reads take both shared buffers.
+        for part in [&b"one"[..], b"two"] {
+            let before = holdings(&hoarder).0;
+            hoarder_far.write_all(part).await.unwrap();
+            until("the arrival lands", || holdings(&hoarder).0 > before).await;
+        }
+        assert_eq!(holdings(&hoarder), (2, 0));
+        starved_far.write_all(b"still served").await.unwrap();
+        let mut buf = [0u8; 12];
+        starved.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"still served");
+        let mut buf = [0u8; 6];
+        hoarder.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"onetwo");
+        assert_eq!(holdings(&hoarder), (0, 2), "read buffers are lent again");
     }
 
     #[tokio::test]
