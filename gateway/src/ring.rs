@@ -18,9 +18,13 @@
 //! (an old kernel, or a container whose seccomp profile forbids it) sockets stay on epoll.
 //!
 //! [`RingStream`] puts an `AsyncRead`/`AsyncWrite` face on a socket served by the ring:
-//! - Reads land in the stream's own buffer. Once the caller has drained it the next receive is
-//!   posted at once, so an idle pooled connection learns of its backend's close with no
-//!   system call of its own.
+//! - Every socket keeps one multishot receive posted, which takes a buffer from a pool the
+//!   ring shares (a provided-buffer ring) only when bytes arrive: no receive is posted again
+//!   per read, and an idle connection holds no buffer, yet a pooled one learns of its
+//!   backend's close with no system call of its own. A socket whose reader falls four buffers
+//!   behind stops receiving until it catches up, leaving its sender to TCP's flow control;
+//!   when the pool is empty a socket receives into a buffer of its own, so no socket's
+//!   progress waits on another's reader.
 //! - A write is copied and queued, and reported done; the next write or a flush waits for
 //!   the kernel to take it. That is what `send` promises too (the kernel has the bytes), one
 //!   turn later; an error surfaces on the next write, flush or read.
@@ -518,7 +522,10 @@ impl Ring {
         }
         // Cooperative task running: completions are posted when the thread next enters the
         // kernel, instead of by interrupting it wherever it is. A large completion queue,
-        // since every open socket keeps a receive posted.
+        // since every open socket keeps a receive posted. Not deferred task running
+        // (`DEFER_TASKRUN`): it wakes a thread that waits anywhere but in `io_uring_enter` only
+        // through a registered eventfd, which Linux 6.18 signalled 12 to 15 ms late here, and
+        // this thread waits in tokio's reactor.
         let uring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
