@@ -23,8 +23,10 @@
 //!   per read, and an idle connection holds no buffer, yet a pooled one learns of its
 //!   backend's close with no system call of its own. A socket whose reader falls four buffers
 //!   behind stops receiving until it catches up, leaving its sender to TCP's flow control;
-//!   when the pool is empty a socket receives into a buffer of its own, so no socket's
-//!   progress waits on another's reader.
+//!   that takes effect from the next submission, so what arrives before it (a fast sender's
+//!   whole backlog, at worst the whole pool) is still taken. When the pool is empty a socket
+//!   receives into a buffer of its own, freed once read, so no socket's progress waits on
+//!   another's reader.
 //! - A write is copied and queued, and reported done; the next write or a flush waits for
 //!   the kernel to take it. That is what `send` promises too (the kernel has the bytes), one
 //!   turn later; an error surfaces on the next write, flush or read.
@@ -52,7 +54,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use io_uring::types::BufRingEntry;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -82,7 +83,9 @@ const SHARED_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Shared buffers one socket may fill before its reader takes them. A socket at this many
 /// stops receiving, so the kernel's socket buffer and then TCP's window hold its sender back,
-/// as they would on epoll, and one fast sender cannot take the buffers every socket shares.
+/// as they would on epoll. The stop is a cancel that goes with the next submission: until
+/// then the kernel goes on filling buffers for it, so this bounds what a socket keeps across
+/// turns, not what one turn's arrivals take.
 const HELD_PER_SOCKET: usize = 4;
 
 /// The buffer a socket receives into on its own once the shared ones are all taken, so a
@@ -321,6 +324,16 @@ enum Posted {
     Own,
 }
 
+/// The kernel's `struct io_uring_buf`: one descriptor in a provided-buffer ring. The first
+/// descriptor's `resv` is the ring's tail.
+#[repr(C)]
+struct BufferDescriptor {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
 /// Receive buffers lent to the kernel through a provided-buffer ring. A multishot receive on
 /// any socket takes the next free buffer as data arrives, and the reader gives it back once it
 /// has copied the bytes out; a socket with nothing arriving holds no buffer at all.
@@ -329,7 +342,7 @@ struct SharedBuffers {
     count: u16,
     /// The descriptors the kernel takes buffers from, one per buffer, on pages of their own.
     /// The tail, this side's end, is the first entry's reserved field.
-    entries: NonNull<BufRingEntry>,
+    entries: NonNull<BufferDescriptor>,
     /// The buffers, of [`SHARED_BUFFER_BYTES`] each, in one allocation.
     memory: NonNull<u8>,
     /// The tail as last published.
@@ -340,7 +353,7 @@ struct SharedBuffers {
 
 impl SharedBuffers {
     fn entries_layout(count: u16) -> Layout {
-        let bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        let bytes = usize::from(count) * std::mem::size_of::<BufferDescriptor>();
         Layout::from_size_align(bytes, page_size()).expect("a page-aligned layout")
     }
 
@@ -360,7 +373,7 @@ impl SharedBuffers {
         let entries =
             NonNull::new(unsafe { std::alloc::alloc_zeroed(Self::entries_layout(count)) })
                 .ok_or_else(no_memory)?
-                .cast::<BufRingEntry>();
+                .cast::<BufferDescriptor>();
         let Some(memory) = NonNull::new(unsafe { std::alloc::alloc(Self::memory_layout(count)) })
         else {
             // SAFETY: allocated just above with this layout.
@@ -400,29 +413,37 @@ impl SharedBuffers {
         }
     }
 
-    /// The first `len` bytes of buffer `bid`, which a reaped completion filled.
-    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.count && len <= SHARED_BUFFER_BYTES);
+    /// The first `len` bytes of buffer `bid`, which a reaped completion filled; `None` for
+    /// an id or a length no completion can carry.
+    fn bytes(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.count || len > SHARED_BUFFER_BYTES {
+            return None;
+        }
         // SAFETY: the kernel filled the buffer and let go of it, and nothing writes it until
         // `give_back`, which needs `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.buffer(bid), len) }
+        Some(unsafe { std::slice::from_raw_parts(self.buffer(bid), len) })
     }
 
     /// Lends buffer `bid` to the kernel again.
     fn give_back(&mut self, bid: u16) {
+        if bid >= self.count {
+            return;
+        }
         let index = usize::from(self.tail & (self.count - 1));
-        // SAFETY: the entry at the tail is this side's to write, since the kernel reads no
-        // entry at or past the tail; `set_*` leave the first entry's tail field alone.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
-        entry.set_addr(self.buffer(bid) as u64);
-        entry.set_len(SHARED_BUFFER_BYTES as u32);
-        entry.set_bid(bid);
+        let entry = self.entries.as_ptr();
+        // SAFETY: the descriptor at the tail is this side's to write, since the kernel reads
+        // none at or past the tail. Its fields are written one by one, never the first
+        // descriptor's `resv`, which is the tail and read by the kernel at any time.
+        unsafe {
+            let at = entry.add(index);
+            std::ptr::addr_of_mut!((*at).addr).write(self.buffer(bid) as u64);
+            std::ptr::addr_of_mut!((*at).len).write(SHARED_BUFFER_BYTES as u32);
+            std::ptr::addr_of_mut!((*at).bid).write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field is a properly aligned `u16` inside the first entry, which only
-        // this side writes.
-        let tail =
-            unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries.as_ptr()).cast_mut()) };
-        // Release: the kernel that reads the new tail sees the entry written before it.
+        // SAFETY: the tail is an aligned `u16` inside the first descriptor, written only here.
+        let tail = unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*entry).resv)) };
+        // Release: the kernel that reads the new tail sees the descriptor written before it.
         tail.store(self.tail, Ordering::Release);
         self.lent += 1;
     }
@@ -679,6 +700,11 @@ impl Drop for Ring {
             while inner.slots.iter().any(|s| s.in_flight > 0)
                 && std::time::Instant::now() < deadline
             {
+                // Entries still waiting for room go in first, and the cancel again if the
+                // queue was full when it was pushed.
+                inner.flush_backlog();
+                // SAFETY: as above.
+                let _ = unsafe { inner.uring.submission().push(&cancel) };
                 let wait = types::Timespec::new().nsec(10_000_000);
                 let args = types::SubmitArgs::new().timespec(&wait);
                 let _ = inner.uring.submitter().submit_with_args(1, &args);
@@ -859,11 +885,14 @@ impl Inner {
                 cqe.flags(),
             );
             // A shared buffer the kernel filled is this side's now, whoever reads it.
-            let filled = cqueue::buffer_select(flags).filter(|_| shared.is_some());
+            let mut filled = cqueue::buffer_select(flags).filter(|_| shared.is_some());
             if let (Some(_), Some(shared)) = (filled, shared.as_mut()) {
                 shared.lent = shared.lent.saturating_sub(1);
             }
             let Some(slot) = slots.get_mut(id) else {
+                if let (Some(bid), Some(shared)) = (filled, shared.as_mut()) {
+                    shared.give_back(bid);
+                }
                 continue;
             };
             // A multishot receive is the kernel's until its last completion.
@@ -881,24 +910,28 @@ impl Inner {
                     let chunk = if kind == RECV_OWN {
                         Some(OWN_BUFFER)
                     } else {
-                        filled
+                        filled.take()
                     };
                     if res > 0 {
-                        match (chunk, shared.as_mut()) {
-                            (Some(bid), _) if !slot.dropped => {
-                                read.chunks.push_back((bid, res as usize));
-                                if !finished && read.chunks.len() >= HELD_PER_SOCKET {
-                                    pause.push(id);
-                                }
+                        if let (Some(bid), false) = (chunk, slot.dropped) {
+                            read.chunks.push_back((bid, res as usize));
+                            if !finished && read.chunks.len() >= HELD_PER_SOCKET {
+                                pause.push(id);
                             }
-                            (Some(bid), Some(shared)) if bid != OWN_BUFFER => shared.give_back(bid),
-                            _ => {}
+                        } else {
+                            // Nobody will read it: straight back to the kernel.
+                            filled = chunk.filter(|&bid| bid != OWN_BUFFER);
                         }
                     } else if res == -libc::ENOBUFS {
                         // Not the socket's end: its bytes wait in the kernel for a buffer.
                         read.starved = true;
                     } else if !(res == -libc::ECANCELED && paused) {
                         read.ended = Some(res);
+                    }
+                    if res <= 0 {
+                        // A receive that selected a buffer and then failed (or found the end)
+                        // from a kernel worker still used the buffer up.
+                        filled = chunk.filter(|&bid| bid != OWN_BUFFER);
                     }
                     if finished && !slot.dropped && read.ended.is_none() {
                         rearm.push(id);
@@ -925,6 +958,10 @@ impl Inner {
                     wakers.extend(write.waker.take());
                 }
                 _ => {}
+            }
+            // A filled buffer that no chunk holds goes straight back.
+            if let (Some(bid), Some(shared)) = (filled, shared.as_mut()) {
+                shared.give_back(bid);
             }
             if slot.dropped && slot.in_flight == 0 {
                 released.push(id);
@@ -963,7 +1000,11 @@ impl Inner {
                 shared.give_back(bid);
             }
         }
-        let own = std::mem::take(&mut slot.read.own);
+        // Kept for the next socket only where every socket receives into its own.
+        let own = match self.shared {
+            Some(_) => Box::default(),
+            None => std::mem::take(&mut slot.read.own),
+        };
         let mut write = std::mem::take(&mut slot.write.buf);
         if write.capacity() > RETAINED_WRITE_BYTES {
             write = Vec::new();
@@ -987,9 +1028,12 @@ fn kernel_release() -> (u32, u32) {
     };
     // SAFETY: `release` is a NUL-terminated string inside the struct (or all zeros).
     let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    major_minor(release.to_str().unwrap_or(""))
+}
+
+/// `(major, minor)` of a kernel release such as `6.1.0-18-amd64`; `(0, 0)` if there is none.
+fn major_minor(release: &str) -> (u32, u32) {
     let mut parts = release
-        .to_str()
-        .unwrap_or("")
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
@@ -1111,39 +1155,58 @@ impl AsyncRead for RingStream {
         let mut inner = lock(&self.ring.inner);
         let Inner { slots, shared, .. } = &mut *inner;
         let read = &mut slots[id].read;
-        if read.chunks.is_empty() {
-            match read.ended {
-                Some(0) => return Poll::Ready(Ok(())),
-                Some(res) => return Poll::Ready(Err(io::Error::from_raw_os_error(-res))),
-                None => {}
-            }
-            store_waker(&mut read.waker, cx);
-            inner.post_recv(id);
-            return Poll::Pending;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
+        let mut copied = false;
         while buf.remaining() > 0 {
             let Some(&(bid, len)) = read.chunks.front() else {
                 break;
             };
-            let bytes = match shared.as_ref() {
-                _ if bid == OWN_BUFFER => &read.own[..len],
-                Some(shared) => shared.bytes(bid, len),
-                None => &[],
+            let bytes = if bid == OWN_BUFFER {
+                read.own.get(..len)
+            } else {
+                shared.as_ref().and_then(|s| s.bytes(bid, len))
             };
-            let n = (len - read.pos).min(buf.remaining());
-            buf.put_slice(&bytes[read.pos..read.pos + n]);
-            read.pos += n;
+            match bytes.filter(|b| read.pos < b.len()) {
+                Some(bytes) => {
+                    let n = (len - read.pos).min(buf.remaining());
+                    buf.put_slice(&bytes[read.pos..read.pos + n]);
+                    read.pos += n;
+                    copied = true;
+                }
+                // No completion makes such a chunk; should one appear, the stream fails
+                // rather than the thread.
+                None => {
+                    read.ended = Some(-libc::EIO);
+                    read.pos = len;
+                }
+            }
             if read.pos == len {
                 read.chunks.pop_front();
                 read.pos = 0;
-                if let (Some(shared), true) = (shared.as_mut(), bid != OWN_BUFFER) {
-                    shared.give_back(bid);
+                match shared.as_mut() {
+                    Some(shared) if bid != OWN_BUFFER => shared.give_back(bid),
+                    // Its own buffer tided the socket over a shortage of shared ones: freed
+                    // once read, unless a receive into it is posted again already.
+                    Some(_) if read.posted != Some(Posted::Own) => read.own = Box::default(),
+                    _ => {}
                 }
             }
         }
-        // Once the reader has taken some, a socket that stopped at its share receives again.
+        if copied {
+            // Once the reader has taken some, a socket that stopped at its share receives again.
+            inner.post_recv(id);
+            return Poll::Ready(Ok(()));
+        }
+        match read.ended {
+            Some(0) => return Poll::Ready(Ok(())),
+            Some(res) => return Poll::Ready(Err(io::Error::from_raw_os_error(-res))),
+            None => {}
+        }
+        store_waker(&mut read.waker, cx);
         inner.post_recv(id);
-        Poll::Ready(Ok(()))
+        Poll::Pending
     }
 }
 
@@ -1435,6 +1498,30 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), failed)
             .await
             .expect("the write fails");
+    }
+
+    #[test]
+    fn kernels_before_6_0_are_told_apart_by_their_release() {
+        assert_eq!(major_minor("6.18.44-fc-v1252"), (6, 18));
+        assert_eq!(major_minor("5.15.0-91-generic"), (5, 15));
+        assert!(major_minor("5.19.17") < MIN_KERNEL);
+        assert!(major_minor("6.0.0") >= MIN_KERNEL);
+        assert_eq!(
+            major_minor(""),
+            (0, 0),
+            "an unreadable release counts as too old"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_failed_to_move_reads_and_writes_as_closed() {
+        let ring = Ring::current().expect("these tests need a kernel that allows io_uring");
+        let mut closed = ring.register_closed();
+        assert!(!closed.is_idle_and_open());
+        let mut buf = [0u8; 1];
+        assert!(closed.read(&mut buf).await.is_err());
+        assert!(closed.write_all(b"x").await.is_err());
+        assert!(closed.shutdown().await.is_err());
     }
 
     #[tokio::test]

@@ -287,6 +287,53 @@ async fn connection_close_from_the_client_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_large_answer_before_a_close_arrives_whole_to_a_client_slower_than_the_gateway() {
+    // Far more than the socket buffers hold, read more slowly than the gateway writes; the
+    // gateway is done with the connection right after its last write, whose bytes must still
+    // all arrive before the close.
+    let body: Vec<u8> = (0..6 << 20).map(|i| (i % 251) as u8).collect();
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    response.extend_from_slice(&body);
+    let backend = scripted_backend(Box::leak(response.into_boxed_slice())).await;
+    let toml = format!(
+        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    // A small receive buffer the kernel does not grow: what the gateway's socket holds is
+    // then less than the body.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk));
+        match read.await.expect("the gateway goes on writing or closes") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(
+        got.len() - head_end,
+        body.len(),
+        "every byte of the body arrives"
+    );
+    assert!(got[head_end..] == body[..], "in order");
+}
+
+#[tokio::test]
 async fn a_backend_slower_than_the_response_timeout_gets_504_and_the_connection_stays_usable() {
     let a = Stub::start("a").await;
     let gw = TestGateway::start(&config(&a, "[timeouts]\nresponse_ms = 150")).await;
