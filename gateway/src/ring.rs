@@ -1478,6 +1478,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sockets_that_outnumber_the_shared_buffers_each_get_their_bytes_whole_and_in_order() {
+        // Four buffers for eight sockets, fast senders and readers of different speeds: every
+        // path of the receive side (pausing, running out, own buffers, giving back) is taken.
+        let ring = Ring::start(4).unwrap();
+        let mut flows = Vec::new();
+        for n in 0..8u32 {
+            let (mut near, mut far) = pair_on(&ring).await;
+            let sent: Vec<u8> = (0..256 * 1024u32)
+                .map(|i| (i.wrapping_mul(31) ^ n) as u8)
+                .collect();
+            let expected = sent.clone();
+            let writer = tokio::spawn(async move {
+                let mut at = 0;
+                let mut piece = 1 + n as usize * 997;
+                while at < sent.len() {
+                    let end = (at + piece).min(sent.len());
+                    far.write_all(&sent[at..end]).await.unwrap();
+                    at = end;
+                    piece = piece * 7 % 20_011 + 1;
+                    tokio::task::yield_now().await;
+                }
+                far
+            });
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::with_capacity(expected.len());
+                let mut buf = vec![0u8; 1 + n as usize * 3_001];
+                while got.len() < expected.len() {
+                    let read = near.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "the stream ended early");
+                    got.extend_from_slice(&buf[..read]);
+                    if n % 2 == 1 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                assert!(
+                    got == expected,
+                    "socket {n} got its bytes whole and in order"
+                );
+                near
+            });
+            flows.push((writer, reader));
+        }
+        let all = async {
+            for (writer, reader) in flows {
+                drop(reader.await.unwrap());
+                drop(writer.await.unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("every socket gets all its bytes");
+        let inner = lock(&ring.inner);
+        assert_eq!(
+            inner.shared.as_ref().map(|s| s.lent),
+            Some(4),
+            "every shared buffer is back with the kernel"
+        );
+    }
+
+    #[tokio::test]
     async fn writing_to_a_peer_that_reset_the_connection_fails() {
         let (mut near, far) = pair().await;
         // Linger 0: closing sends a reset rather than a FIN.
