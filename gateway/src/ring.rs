@@ -303,7 +303,8 @@ struct ReadSide {
     chunks: VecDeque<(u16, usize)>,
     /// Bytes of the front chunk already read.
     pos: usize,
-    /// Allocated the first time the shared buffers run out under this socket.
+    /// Allocated when the shared buffers run out under this socket (on every receive where
+    /// there are none), and freed once read where there are.
     own: Box<[u8]>,
     posted: Option<Posted>,
     /// A cancel of the multishot receive is queued: the socket holds its share of buffers.
@@ -352,14 +353,15 @@ struct SharedBuffers {
 }
 
 impl SharedBuffers {
-    fn entries_layout(count: u16) -> Layout {
-        let bytes = usize::from(count) * std::mem::size_of::<BufferDescriptor>();
-        Layout::from_size_align(bytes, page_size()).expect("a page-aligned layout")
-    }
-
-    fn memory_layout(count: u16) -> Layout {
-        Layout::from_size_align(usize::from(count) * SHARED_BUFFER_BYTES, 64)
-            .expect("a cache-line-aligned layout")
+    /// The layouts of the descriptors (on pages of their own) and of the buffers.
+    fn layouts(count: u16) -> io::Result<(Layout, Layout)> {
+        let descriptors = usize::from(count) * std::mem::size_of::<BufferDescriptor>();
+        let entries = Layout::from_size_align(descriptors, page_size());
+        let memory = Layout::from_size_align(usize::from(count) * SHARED_BUFFER_BYTES, 64);
+        match (entries, memory) {
+            (Ok(entries), Ok(memory)) => Ok((entries, memory)),
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
     }
 
     /// Allocates `count` buffers (a power of two) and lends them all to `uring` as group
@@ -368,16 +370,15 @@ impl SharedBuffers {
         if !count.is_power_of_two() {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
+        let (entries_layout, memory_layout) = Self::layouts(count)?;
         let no_memory = || io::Error::from(io::ErrorKind::OutOfMemory);
         // SAFETY (both allocations): the layouts have non-zero sizes.
-        let entries =
-            NonNull::new(unsafe { std::alloc::alloc_zeroed(Self::entries_layout(count)) })
-                .ok_or_else(no_memory)?
-                .cast::<BufferDescriptor>();
-        let Some(memory) = NonNull::new(unsafe { std::alloc::alloc(Self::memory_layout(count)) })
-        else {
+        let entries = NonNull::new(unsafe { std::alloc::alloc_zeroed(entries_layout) })
+            .ok_or_else(no_memory)?
+            .cast::<BufferDescriptor>();
+        let Some(memory) = NonNull::new(unsafe { std::alloc::alloc(memory_layout) }) else {
             // SAFETY: allocated just above with this layout.
-            unsafe { std::alloc::dealloc(entries.as_ptr().cast(), Self::entries_layout(count)) };
+            unsafe { std::alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
             return Err(no_memory());
         };
         // Made before registering, so that an error frees both allocations.
@@ -451,13 +452,14 @@ impl SharedBuffers {
 
 impl Drop for SharedBuffers {
     fn drop(&mut self) {
+        // `register` made these layouts for the same count, so they are made again here.
+        let Ok((entries_layout, memory_layout)) = Self::layouts(self.count) else {
+            return;
+        };
         // SAFETY: allocated in `register` with these layouts, and the kernel holds none of it.
         unsafe {
-            std::alloc::dealloc(
-                self.entries.as_ptr().cast(),
-                Self::entries_layout(self.count),
-            );
-            std::alloc::dealloc(self.memory.as_ptr(), Self::memory_layout(self.count));
+            std::alloc::dealloc(self.entries.as_ptr().cast(), entries_layout);
+            std::alloc::dealloc(self.memory.as_ptr(), memory_layout);
         }
     }
 }
@@ -913,14 +915,18 @@ impl Inner {
                         filled.take()
                     };
                     if res > 0 {
-                        if let (Some(bid), false) = (chunk, slot.dropped) {
-                            read.chunks.push_back((bid, res as usize));
-                            if !finished && read.chunks.len() >= HELD_PER_SOCKET {
-                                pause.push(id);
+                        match (chunk, slot.dropped) {
+                            (Some(bid), false) => {
+                                read.chunks.push_back((bid, res as usize));
+                                if !finished && read.chunks.len() >= HELD_PER_SOCKET {
+                                    pause.push(id);
+                                }
                             }
-                        } else {
                             // Nobody will read it: straight back to the kernel.
-                            filled = chunk.filter(|&bid| bid != OWN_BUFFER);
+                            (Some(bid), true) => filled = Some(bid).filter(|&b| b != OWN_BUFFER),
+                            // Bytes in no buffer named: no kernel does this, and the stream
+                            // fails rather than going on with a gap.
+                            (None, _) => read.ended = Some(-libc::EIO),
                         }
                     } else if res == -libc::ENOBUFS {
                         // Not the socket's end: its bytes wait in the kernel for a buffer.
