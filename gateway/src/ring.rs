@@ -405,7 +405,9 @@ impl SharedBuffers {
         Ok(shared)
     }
 
+    /// The start of buffer `bid`; callers check `bid < count` first.
     fn buffer(&self, bid: u16) -> *mut u8 {
+        debug_assert!(bid < self.count);
         // SAFETY: every id below `count` names a buffer inside `memory`.
         unsafe {
             self.memory
@@ -558,13 +560,6 @@ impl Ring {
             .into_iter()
             .find(|&n| uring.submitter().register_files_sparse(n).is_ok())
             .unwrap_or(0);
-        let shared = match SharedBuffers::register(&uring, shared_buffers) {
-            Ok(shared) => Some(shared),
-            Err(error) => {
-                tracing::debug!(message = "No shared receive buffers; each socket uses its own.", %error);
-                None
-            }
-        };
         // SAFETY: the descriptor is the ring's, which `Ring` closes only after dropping
         // `readiness` (field order).
         let readiness = unsafe {
@@ -573,6 +568,14 @@ impl Ring {
                 tokio::io::Interest::READABLE,
             )
         }?;
+        // Last of what can fail: the buffers are then never freed while still registered.
+        let shared = match SharedBuffers::register(&uring, shared_buffers) {
+            Ok(shared) => Some(shared),
+            Err(error) => {
+                tracing::debug!(message = "No shared receive buffers; each socket uses its own.", %error);
+                None
+            }
+        };
         let ring = Arc::new(Ring {
             inner: Mutex::new(Inner {
                 uring,
@@ -899,7 +902,9 @@ impl Inner {
             };
             // A multishot receive is the kernel's until its last completion.
             let finished = !cqueue::more(flags);
+            let last = finished && slot.in_flight == 1;
             if finished {
+                debug_assert!(slot.in_flight > 0, "a completion nothing was counted for");
                 slot.in_flight = slot.in_flight.saturating_sub(1);
             }
             match kind {
@@ -916,14 +921,15 @@ impl Inner {
                     };
                     if res > 0 {
                         match (chunk, slot.dropped) {
-                            (Some(bid), false) => {
+                            (Some(bid), false) if read.ended.is_none() => {
                                 read.chunks.push_back((bid, res as usize));
                                 if !finished && read.chunks.len() >= HELD_PER_SOCKET {
                                     pause.push(id);
                                 }
                             }
-                            // Nobody will read it: straight back to the kernel.
-                            (Some(bid), true) => filled = Some(bid).filter(|&b| b != OWN_BUFFER),
+                            // Nobody will read it (the stream is gone, or failed): straight
+                            // back to the kernel.
+                            (Some(bid), _) => filled = Some(bid).filter(|&b| b != OWN_BUFFER),
                             // Bytes in no buffer named: no kernel does this, and the stream
                             // fails rather than going on with a gap.
                             (None, _) => read.ended = Some(-libc::EIO),
@@ -969,7 +975,9 @@ impl Inner {
             if let (Some(bid), Some(shared)) = (filled, shared.as_mut()) {
                 shared.give_back(bid);
             }
-            if slot.dropped && slot.in_flight == 0 {
+            // Only on the completion that brought it to 0: a stray one must not free the slot
+            // a second time.
+            if slot.dropped && last {
                 released.push(id);
             }
         }
@@ -1182,10 +1190,16 @@ impl AsyncRead for RingStream {
                     copied = true;
                 }
                 // No completion makes such a chunk; should one appear, the stream fails
-                // rather than the thread.
+                // rather than the thread, and nothing after the gap is handed out.
                 None => {
                     read.ended = Some(-libc::EIO);
-                    read.pos = len;
+                    read.pos = 0;
+                    for (bid, _) in read.chunks.drain(..) {
+                        if let (Some(shared), true) = (shared.as_mut(), bid != OWN_BUFFER) {
+                            shared.give_back(bid);
+                        }
+                    }
+                    break;
                 }
             }
             if read.pos == len {
