@@ -7,8 +7,9 @@
 //! client, the backend) lets the peer take the CPU the moment the call returns, in the middle
 //! of the gateway's turn; sends submitted together return once, after all of them. The L4
 //! mode measured 5.9 µs of CPU per request this way against 7.6 µs on epoll, the L7 path 8.8
-//! against 9.9 µs, with preemptions per request down from 0.1–0.3 to 0.01 (the benchmark in
-//! `gateway/README.md`).
+//! against 9.9 µs, with preemptions per request down from 0.1–0.3 to 0.01 (the earlier runs,
+//! on an Intel Xeon, in `gateway/README.md`; the shared receive buffers below took the L7 path
+//! to 0.76x–0.85x of epoll's CPU per request in the later ones).
 //!
 //! One [`Ring`] serves each thread that runs connections, made on first use and driven by a
 //! tokio task: it submits what the tasks queued, reaps completions, wakes the tasks they

@@ -14,6 +14,13 @@ fn config(stub: &Stub, extra: &str) -> String {
     )
 }
 
+/// A gateway in front of the one backend at `addr`, with `extra` top-level keys.
+fn backend_config(addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "{LISTEN}{extra}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{addr}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
+    )
+}
+
 /// One response as it came on the wire.
 #[derive(Debug)]
 struct Raw {
@@ -296,10 +303,7 @@ async fn a_large_answer_before_a_close_arrives_whole_to_a_client_slower_than_the
         format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
     response.extend_from_slice(&body);
     let backend = scripted_backend(Box::leak(response.into_boxed_slice())).await;
-    let toml = format!(
-        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&backend_config(backend, "")).await;
     // A small receive buffer the kernel does not grow: what the gateway's socket holds is
     // then less than the body.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -390,10 +394,7 @@ async fn backend_fields_pass_through_without_hop_by_hop_ones_and_trailers_only_w
           Upgrade: h2c\r\nProxy-Authenticate: Basic\r\n\r\n",
     )
     .await;
-    let toml = format!(
-        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&backend_config(backend, "")).await;
     let mut c = Client::connect(&gw).await;
 
     c.send(b"GET / HTTP/1.1\r\nhost: t\r\nte: trailers\r\n\r\n")
@@ -444,10 +445,7 @@ async fn an_http_1_0_client_gets_a_body_of_unknown_length_ended_by_closing() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
     )
     .await;
-    let toml = format!(
-        "{LISTEN}\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&backend_config(backend, "")).await;
     let mut c = Client::connect(&gw).await;
     c.send(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
         .await;
@@ -567,10 +565,7 @@ async fn shutdown_gives_a_response_still_trickling_one_more_idle_period() {
             });
         }
     });
-    let toml = format!(
-        "{LISTEN}[timeouts]\nidle_ms = 400\n[[upstreams]]\nname = \"web\"\nbackends = [{{ addr = \"{backend}\" }}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n"
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&backend_config(backend, "[timeouts]\nidle_ms = 400")).await;
     let mut c = Client::connect(&gw).await;
     c.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
     c.take_until(b"\r\n\r\n").await;
