@@ -22,9 +22,6 @@ use crate::metrics;
 use crate::state::Shared;
 use crate::upstream::{Backend, ChangeError, Upstream};
 
-/// Time between marking a backend draining and reading its in-flight count.
-const DRAIN_GRACE: Duration = Duration::from_millis(50);
-
 /// Body of `POST /admin/upstreams/{name}/backends`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,11 +147,10 @@ async fn add_backend(shared: &Shared, name: &str, body: Incoming) -> Response<Re
 /// Drains a backend (no new requests, in-flight ones finish, up to `timeouts.drain_ms`), then
 /// removes it. The answer comes once it is removed, so a script can stop the server next.
 async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<ResponseBody> {
-    let addr = addr.replace("%3A", ":").replace("%3a", ":");
-    let Ok(addr) = addr.parse::<SocketAddr>() else {
+    let Some(addr) = percent_decode(addr).and_then(|a| a.parse::<SocketAddr>().ok()) else {
         return problem(
             StatusCode::BAD_REQUEST,
-            "the backend must be written IP:port",
+            "the backend must be written IP:port (an IPv6 one as [IP]:port), percent-encoded or not",
         );
     };
     let runtime = shared.runtime();
@@ -169,21 +165,41 @@ async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<Res
         Err(e) => return problem(StatusCode::CONFLICT, &e.to_string()),
     };
     let deadline = Instant::now() + Duration::from_millis(runtime.config.timeouts.drain_ms);
-    // A request that chose this backend just before the flag was set counts itself in flight
-    // right after; the grace period lets it show up before the count is trusted.
-    tokio::time::sleep(DRAIN_GRACE).await;
+    drop(runtime);
+    // The count can be trusted at once: a request that picked this backend before the flag
+    // was set is either counted already or sees the flag and goes elsewhere
+    // (`Backend::try_start`).
     while backend.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drained = backend.in_flight() == 0;
-    if let Err(e) = upstream.remove_backend(addr) {
-        return problem(StatusCode::NOT_FOUND, &e.to_string());
+    // From the upstream current now: a reload during the wait built a new one, which took the
+    // backend's state over, draining included. A backend already gone (by a reload that
+    // dropped it, or another removal) is as removed as this call wants it.
+    if let Some(upstream) = shared.runtime().upstream(name) {
+        let _ = upstream.remove_backend(addr);
     }
     tracing::info!(message = "Backend removed.", upstream = name, backend = %addr, drained);
     json(
         StatusCode::OK,
         &serde_json::json!({ "removed": addr.to_string(), "drained": drained }),
     )
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` for a broken escape or bytes that are not
+/// UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(segment.len());
+    let mut bytes = segment.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn not_found(name: &str) -> Response<ResponseBody> {
@@ -207,4 +223,25 @@ fn text(
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
     text(status, "application/json", value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_address_in_a_path_is_percent_decoded() {
+        assert_eq!(percent_decode("127.0.0.1:80").unwrap(), "127.0.0.1:80");
+        assert_eq!(percent_decode("127.0.0.1%3a80").unwrap(), "127.0.0.1:80");
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D%3A8080")
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap(),
+            "[::1]:8080".parse().unwrap()
+        );
+        assert_eq!(percent_decode("1%3"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }

@@ -2,7 +2,7 @@
 //! client gets.
 //!
 //! As in pingora, the source decides the status family: a downstream (client) fault is a 4xx,
-//! an upstream fault a 502/503/504, and our own a 500. Retryability is decided here too, so the
+//! an upstream fault a 502/503/504. Retryability is decided here too, so the
 //! proxy loop reads one flag instead of matching on causes.
 
 use bytes::Bytes;
@@ -18,8 +18,6 @@ pub enum ErrorSource {
     Downstream,
     /// A backend: refused, reset, too slow, or none healthy.
     Upstream,
-    /// The gateway itself.
-    Internal,
 }
 
 /// Why a request could not be proxied.
@@ -58,9 +56,6 @@ pub enum ProxyError {
     /// The backend did not answer within `timeouts.response_ms`.
     #[error("backend {0} did not answer in time")]
     Timeout(String),
-    /// The gateway is stopping.
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
 }
 
 impl ProxyError {
@@ -77,7 +72,6 @@ impl ProxyError {
             Self::NoHealthyBackend(_) | Self::Connect(_) | Self::Reset(_) | Self::Timeout(_) => {
                 ErrorSource::Upstream
             }
-            Self::ShuttingDown => ErrorSource::Internal,
         }
     }
 
@@ -98,7 +92,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
-            Self::NoHealthyBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::Reset(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -156,10 +150,6 @@ mod tests {
         assert_eq!(
             ProxyError::NoHealthyBackend("web".into()).source_kind(),
             ErrorSource::Upstream
-        );
-        assert_eq!(
-            ProxyError::ShuttingDown.source_kind(),
-            ErrorSource::Internal
         );
     }
 

@@ -165,7 +165,6 @@ impl Gateway {
             .max_buf_size((config.limits.max_header_bytes * 2).max(8192) + 8192)
             .max_header_size(config.limits.max_header_bytes * 2);
 
-        let idle = Duration::from_millis(config.timeouts.idle_ms);
         let public = {
             let shared = Arc::clone(&shared);
             accept_loop(
@@ -174,6 +173,8 @@ impl Gateway {
                 done_tx.clone(),
                 move |stream, peer, shutdown, done| {
                     let shared = Arc::clone(&shared);
+                    // Read per connection, so a reload's value applies to the next one.
+                    let idle = idle_timeout(&shared);
                     async move {
                         let _done = done;
                         server::serve(stream, shared, Peer::new(peer), tracing, idle, shutdown)
@@ -190,6 +191,7 @@ impl Gateway {
                 done_tx.clone(),
                 move |stream, _peer, shutdown, done| {
                     let shared = Arc::clone(&shared);
+                    let idle = idle_timeout(&shared);
                     let service = service_fn(move |req| admin::serve(Arc::clone(&shared), req));
                     serve_http(builder.clone(), stream, service, idle, shutdown, done)
                 },
@@ -219,7 +221,7 @@ impl Gateway {
         for l in loops {
             let _ = l.await;
         }
-        let deadline = Duration::from_millis(config.timeouts.shutdown_ms);
+        let deadline = Duration::from_millis(shared.runtime().config.timeouts.shutdown_ms);
         if tokio::time::timeout(deadline, done_rx.recv())
             .await
             .is_err()
@@ -263,6 +265,11 @@ async fn accept_loop<F, Fut>(
 
 /// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without
 /// traffic, finishes the request in flight and closes.
+/// `timeouts.idle_ms` of the current config.
+fn idle_timeout(shared: &Shared) -> Duration {
+    Duration::from_millis(shared.runtime().config.timeouts.idle_ms)
+}
+
 async fn serve_http<S>(
     builder: http1::Builder,
     stream: TcpStream,

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
@@ -49,6 +48,46 @@ pub enum SendError {
     Body(BodyError),
     /// The exchange failed after the request was (maybe partly) written.
     Failed(io::Error),
+}
+
+/// How an exchange on one connection failed.
+#[derive(Debug)]
+enum ExchangeError {
+    /// The connection was closed or reset before the backend sent a byte of answer.
+    Unanswered(io::Error),
+    /// Anything else.
+    Send(SendError),
+}
+
+impl From<SendError> for ExchangeError {
+    fn from(error: SendError) -> Self {
+        Self::Send(error)
+    }
+}
+
+impl From<ExchangeError> for SendError {
+    fn from(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::Unanswered(error) => SendError::Failed(error),
+            ExchangeError::Send(error) => error,
+        }
+    }
+}
+
+/// Sorts an I/O error of an exchange: the peer closing or resetting the connection before any
+/// answer is [`ExchangeError::Unanswered`].
+fn exchange_error(error: io::Error, answered: bool) -> ExchangeError {
+    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    if !answered
+        && matches!(
+            error.kind(),
+            BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof
+        )
+    {
+        ExchangeError::Unanswered(error)
+    } else {
+        ExchangeError::Send(SendError::Failed(error))
+    }
 }
 
 /// One open connection with its buffers, boxed so checking it out and in moves a pointer.
@@ -90,9 +129,8 @@ pub(crate) fn poll_fill(
 #[derive(Debug)]
 pub struct ConnPool {
     addr: SocketAddr,
-    connect_timeout: Duration,
+    settings: ClientSettings,
     idle_timeout_ms: u64,
-    io_uring: bool,
     /// Most recently used at the back; the front holds the oldest.
     idle: Mutex<VecDeque<Idle>>,
 }
@@ -108,34 +146,59 @@ impl ConnPool {
     pub fn new(addr: SocketAddr, settings: ClientSettings) -> Self {
         Self {
             addr,
-            connect_timeout: settings.connect,
+            settings,
             idle_timeout_ms: settings.idle.as_millis() as u64,
-            io_uring: settings.io_uring,
             idle: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Sends a request on a pooled connection, or a new one, and reads the response head. A
-    /// pooled connection found closed is dropped without counting as a failure. `now_ms` is
-    /// [`now_ms`](crate::upstream::now_ms) as the caller read it; it also stamps the connection's return to the pool,
-    /// so a connection counts as idle from the start of its last exchange (a little early,
-    /// which only retires it sooner) and a request costs the pool no clock read.
+    /// The settings its connections are made with.
+    pub fn settings(&self) -> ClientSettings {
+        self.settings
+    }
+
+    /// Sends a request on a pooled connection, or a new one, and reads the response head.
+    ///
+    /// A pooled connection found closed is dropped without counting as a failure. So is one
+    /// that ends before a byte of answer when its request can be sent again (no body, or one
+    /// held in memory): a backend closes idle connections on its own schedule, and one may
+    /// close just as a request goes out on it. The request then goes once more, on a new
+    /// connection, as Go's HTTP client does; a streamed body cannot, and fails.
+    ///
+    /// `now_ms` is [`now_ms`](crate::upstream::now_ms) as the caller read it; it also stamps
+    /// the connection's return to the pool, so a connection counts as idle from the start of
+    /// its last exchange (a little early, which only retires it sooner) and a request costs
+    /// the pool no clock read.
     pub async fn send(
         self: &Arc<Self>,
         head: &RequestHead<'_>,
         body: UpstreamBody,
         now_ms: u64,
     ) -> Result<Response<BackendBody>, SendError> {
-        let conn = match self.take_idle(now_ms) {
-            Some(conn) => conn,
-            // Boxed: the connect future is needed only for a new connection, and keeping it
-            // out of line keeps every request's future small.
-            None => Box::pin(self.connect(now_ms)).await.map_err(|error| {
-                tracing::debug!(message = "Connect failed.", backend = %self.addr, %error);
-                SendError::Connect(error)
-            })?,
+        let body = match self.take_idle(now_ms) {
+            None => body,
+            Some(conn) => {
+                let spare = body.try_clone();
+                match (conn.exchange(head, body).await, spare) {
+                    (Err(ExchangeError::Unanswered(error)), Some(spare)) => {
+                        tracing::debug!(
+                            message = "A pooled connection ended unanswered; sending again on a new one.",
+                            backend = %self.addr,
+                            %error
+                        );
+                        spare
+                    }
+                    (result, _) => return result.map_err(SendError::from),
+                }
+            }
         };
-        conn.exchange(head, body).await
+        // Boxed: the connect future is needed only for a new connection, and keeping it out
+        // of line keeps every request's future small.
+        let conn = Box::pin(self.connect(now_ms)).await.map_err(|error| {
+            tracing::debug!(message = "Connect failed.", backend = %self.addr, %error);
+            SendError::Connect(error)
+        })?;
+        conn.exchange(head, body).await.map_err(SendError::from)
     }
 
     /// The most recently used idle connection that is still open.
@@ -158,13 +221,13 @@ impl ConnPool {
     }
 
     async fn connect(self: &Arc<Self>, now_ms: u64) -> io::Result<Conn> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+        let stream = tokio::time::timeout(self.settings.connect, TcpStream::connect(self.addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         Ok(Conn {
             connection: Box::new(Connection {
-                stream: Socket::new(stream, self.io_uring),
+                stream: Socket::new(stream, self.settings.io_uring),
                 read_buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
                 write_buf: Vec::with_capacity(1024),
             }),
@@ -215,7 +278,7 @@ impl Conn {
         mut self,
         head: &RequestHead<'_>,
         body: UpstreamBody,
-    ) -> Result<Response<BackendBody>, SendError> {
+    ) -> Result<Response<BackendBody>, ExchangeError> {
         let io = &mut *self.connection;
         // A buffered body gets its length even if the client's field went missing: without
         // one the backend would read the body as the next request.
@@ -241,15 +304,17 @@ impl Conn {
         io.stream
             .write_all(&io.write_buf)
             .await
-            .map_err(SendError::Failed)?;
+            .map_err(|error| exchange_error(error, false))?;
 
         let head_request = *head.method == Method::HEAD;
         let mut upload_failed = false;
+        // Whether any byte of the response has arrived (an interim 1xx answer counts).
+        let mut answered = false;
         let response = poll_fn(|cx| {
             loop {
                 if !io.read_buf.is_empty()
                     && let Some(response) = h1::parse_response_head(&mut io.read_buf, head_request)
-                        .map_err(SendError::Failed)?
+                        .map_err(|error| ExchangeError::Send(SendError::Failed(error)))?
                 {
                     return Poll::Ready(Ok(response));
                 }
@@ -257,7 +322,7 @@ impl Conn {
                     match up.poll_send(&mut io.stream, cx) {
                         Poll::Ready(Ok(())) => upload = None,
                         Poll::Ready(Err(UploadError::Body(e))) => {
-                            return Poll::Ready(Err(SendError::Body(e)));
+                            return Poll::Ready(Err(SendError::Body(e).into()));
                         }
                         // The backend may have stopped reading to answer early: read on.
                         Poll::Ready(Err(UploadError::Io(error))) => {
@@ -268,11 +333,16 @@ impl Conn {
                         Poll::Pending => {}
                     }
                 }
-                if ready!(io.poll_fill(cx)).map_err(SendError::Failed)? == 0 {
-                    return Poll::Ready(Err(SendError::Failed(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the backend closed the connection before answering",
-                    ))));
+                match ready!(io.poll_fill(cx)) {
+                    Ok(0) => {
+                        let error = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the backend closed the connection before answering",
+                        );
+                        return Poll::Ready(Err(exchange_error(error, answered)));
+                    }
+                    Ok(_) => answered = true,
+                    Err(error) => return Poll::Ready(Err(exchange_error(error, answered))),
                 }
             }
         })
@@ -576,6 +646,7 @@ impl Body for BackendBody {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use http_body_util::BodyExt;
     use hyper::{HeaderMap, StatusCode};
@@ -587,7 +658,8 @@ mod tests {
     use super::*;
 
     /// A backend that answers each request head with the next scripted response, closing the
-    /// connection after each one when `close` is set. Returns its address and accept count.
+    /// connection after each one when `close` is set; an empty response closes it without
+    /// answering. Returns its address and accept count.
     async fn scripted(
         responses: &'static [&'static [u8]],
         close: bool,
@@ -614,6 +686,9 @@ mod tests {
                     }
                     seen.clear();
                     let Some(response) = next.next() else { return };
+                    if response.is_empty() {
+                        break;
+                    }
                     stream.write_all(response).await.unwrap();
                     if close {
                         break;
@@ -688,6 +763,50 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&pool).await.1, b"b");
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_crossing_the_backends_idle_close_goes_again_on_a_new_connection() {
+        // The second request reaches the backend as it closes the connection, unanswered.
+        let (addr, accepted) = scripted(
+            &[
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+                b"",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+            ],
+            false,
+        )
+        .await;
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await.1, b"a");
+        assert_eq!(get(&pool).await.1, b"b");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_crossing_the_backends_idle_close_is_not_sent_twice() {
+        let (addr, accepted) = scripted(
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na", b""],
+            false,
+        )
+        .await;
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await.1, b"a");
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::POST,
+            target: "/",
+            headers: &headers,
+            host: None,
+        };
+        let body = UpstreamBody::stream(crate::server::ClientBody::empty(), 1024);
+        let sent = pool.send(&head, body, now_ms()).await;
+        assert!(
+            matches!(sent, Err(SendError::Failed(_))),
+            "{:?}",
+            sent.map(|r| r.status())
+        );
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

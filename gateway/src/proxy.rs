@@ -6,7 +6,6 @@
 //! buffered body is kept (as shared bytes) for that second attempt.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Body;
@@ -26,7 +25,7 @@ use crate::h1::RequestHead;
 use crate::pool::{BackendBody, SendError};
 use crate::server::ClientBody;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{Backend, InFlight, Upstream, ms_at};
+use crate::upstream::{InFlight, Upstream, ms_at};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -250,12 +249,9 @@ async fn proxy(
     };
     rt.retry_budget.deposit();
 
-    let first = match pinned.and_then(|id| set.find_eligible(id)) {
-        Some(i) => i,
-        None => set
-            .pick(hash, None)
-            .ok_or_else(|| ProxyError::NoHealthyBackend(upstream.name.to_string()))?,
-    };
+    let (first, guard) = set
+        .start_request(pinned, hash, None)
+        .ok_or_else(|| ProxyError::NoHealthyBackend(upstream.name.to_string()))?;
     let spare_body = if idempotent && rt.config.retry.enabled {
         body.try_clone()
     } else {
@@ -270,11 +266,10 @@ async fn proxy(
         host: None,
     };
 
-    let backend = &set.backends[first];
     if let Some(span) = span {
-        span.record("scaleout.backend", &*backend.addr_text);
+        span.record("scaleout.backend", &*guard.backend().addr_text);
     }
-    let error = match attempt(rt, upstream, backend, &head, body, deadline).await {
+    let error = match attempt(rt, upstream, guard, &head, body, deadline).await {
         Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
     };
@@ -288,34 +283,30 @@ async fn proxy(
         tracing::debug!(message = "Retry budget exhausted.", upstream = %upstream.name);
         return Err(error);
     }
+    // Fails only if a drain of that backend began since the pick: too rare to pick again.
+    let Some(guard) = set.backends[second].try_start() else {
+        return Err(error);
+    };
     tracing::debug!(message = "Retrying on another backend.", %error);
     if let Some(span) = span {
-        span.record("scaleout.backend", &*set.backends[second].addr_text);
+        span.record("scaleout.backend", &*guard.backend().addr_text);
     }
     // Boxed: a retry is rare, and its state would otherwise double the size of every request.
-    let exchange = Box::pin(attempt(
-        rt,
-        upstream,
-        &set.backends[second],
-        &head,
-        body,
-        deadline,
-    ))
-    .await?;
+    let exchange = Box::pin(attempt(rt, upstream, guard, &head, body, deadline)).await?;
     Ok(respond(exchange, upstream, pinned))
 }
 
-/// Sends the request to one backend and waits up to `timeouts.response_ms` for its response
-/// head, on the connection's deadline.
+/// Sends the request to the backend `guard` counts it on and waits up to
+/// `timeouts.response_ms` for its response head, on the connection's deadline.
 async fn attempt(
     rt: &Runtime,
     upstream: &Upstream,
-    backend: &Arc<Backend>,
+    guard: InFlight,
     head: &RequestHead<'_>,
     body: UpstreamBody,
     deadline: &mut Deadline,
 ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
-    let guard = backend.start();
+    let backend = guard.backend();
     let head = RequestHead {
         host: if head.headers.contains_key(HOST) {
             None
@@ -385,15 +376,17 @@ fn body_error(e: BodyError) -> ProxyError {
 /// replaced, so a client cannot forge its address to a backend. Hop-by-hop fields were left
 /// out when the request was parsed.
 fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer, trusted: bool) {
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) if trusted => {
-            let mut v = Vec::with_capacity(existing.len() + 2 + peer.ip_header.len());
+    let forwarded_for = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        // Every line of it, in order: a list split over several fields is one list.
+        let mut v = Vec::with_capacity(64);
+        for existing in headers.get_all(&X_FORWARDED_FOR) {
             v.extend_from_slice(existing.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.ip_header.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip_header.clone())
         }
-        _ => peer.ip_header.clone(),
+        v.extend_from_slice(peer.ip_header.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip_header.clone())
+    } else {
+        peer.ip_header.clone()
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -490,5 +483,19 @@ mod tests {
         rewrite_request_headers(&mut h, &peer, true);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_split_over_several_fields_is_kept_whole() {
+        let peer = Peer::new("10.0.0.2:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("5.6.7.8, 10.0.0.1"),
+        );
+        rewrite_request_headers(&mut h, &peer, true);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.1, 10.0.0.2");
     }
 }

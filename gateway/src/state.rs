@@ -124,11 +124,8 @@ impl Runtime {
             .upstreams
             .iter()
             .map(|u| {
-                let upstream = Upstream::new(u, settings);
-                if let Some(old) = previous.and_then(|p| p.upstream(&u.name)) {
-                    upstream.inherit(old);
-                }
-                Arc::new(upstream)
+                let old = previous.and_then(|p| p.upstream(&u.name));
+                Arc::new(Upstream::new(u, settings, old.map(|o| &**o)))
             })
             .collect();
         let find = |name: &str| {

@@ -27,12 +27,11 @@ pub async fn proxy(shared: Arc<Shared>, index: usize, client: TcpStream) {
     let set = upstream.backends();
     let mut exclude = None;
     for _ in 0..2 {
-        let Some(i) = set.pick(hash, exclude) else {
+        let Some((i, guard)) = set.start_request(None, hash, exclude) else {
             tracing::warn!(message = "No healthy backend for a TCP connection.", upstream = %upstream.name);
             return;
         };
-        let backend = &set.backends[i];
-        let _guard = backend.start();
+        let backend = guard.backend();
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(server)) => {
                 backend.record_success();

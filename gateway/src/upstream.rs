@@ -19,7 +19,7 @@ use crate::metrics::Histogram;
 use crate::pool::ConnPool;
 
 /// Settings every backend client of the gateway shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientSettings {
     /// TCP connect timeout.
     pub connect: Duration,
@@ -60,6 +60,16 @@ pub struct Backend {
     pub(crate) pool: Arc<ConnPool>,
     /// `Set-Cookie` value that pins a client here, built once.
     pub(crate) sticky_set_cookie: Option<HeaderValue>,
+    /// Counters and health, shared with the `Backend` of the same address in the config a
+    /// reload replaces and in the one that replaces it.
+    state: Arc<BackendState>,
+}
+
+/// What a backend has done and how it stands. A reload that keeps a backend's address keeps
+/// this very object, so requests that started before the reload still count in flight, a drain
+/// under way still holds, and no counter or health state is lost or counted twice.
+#[derive(Debug)]
+struct BackendState {
     in_flight: AtomicU64,
     requests_total: AtomicU64,
     failures_total: AtomicU64,
@@ -74,29 +84,9 @@ pub struct Backend {
     ejected_at_ms: AtomicU64,
 }
 
-impl Backend {
-    fn new(
-        addr: SocketAddr,
-        weight: u32,
-        sticky_cookie: Option<&str>,
-        settings: ClientSettings,
-    ) -> Self {
-        let addr_text: Box<str> = addr.to_string().into();
-        let id = balance::hash_bytes(addr_text.as_bytes());
-        let host = HeaderValue::try_from(addr_text.as_ref()).expect("a socket address is ASCII");
-        let sticky_set_cookie = sticky_cookie.map(|name| {
-            HeaderValue::try_from(format!("{name}={id:016x}; Path=/; HttpOnly; SameSite=Lax"))
-                .expect("a validated cookie name")
-        });
-        let pool = Arc::new(ConnPool::new(addr, settings));
+impl BackendState {
+    fn new() -> Self {
         Self {
-            addr,
-            addr_text,
-            weight,
-            id,
-            host,
-            pool,
-            sticky_set_cookie,
             in_flight: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
@@ -112,97 +102,138 @@ impl Backend {
             ejected_at_ms: AtomicU64::new(0),
         }
     }
+}
 
-    /// Keeps counters and health state of the backend it replaces on a reload.
-    fn inherit(&self, old: &Backend) {
-        let copy =
-            |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
-        copy(&self.requests_total, &old.requests_total);
-        copy(&self.failures_total, &old.failures_total);
-        copy(&self.ejected_at_ms, &old.ejected_at_ms);
-        for (a, b) in self.responses.iter().zip(&old.responses) {
-            copy(a, b);
+impl Backend {
+    /// A backend of the config being built; `previous` is the backend at the same address in
+    /// the config it replaces, whose state it takes over (and whose pooled connections, when
+    /// the client settings did not change).
+    fn new(
+        addr: SocketAddr,
+        weight: u32,
+        sticky_cookie: Option<&str>,
+        settings: ClientSettings,
+        previous: Option<&Backend>,
+    ) -> Self {
+        let addr_text: Box<str> = addr.to_string().into();
+        let id = balance::hash_bytes(addr_text.as_bytes());
+        let host = HeaderValue::try_from(addr_text.as_ref()).expect("a socket address is ASCII");
+        let sticky_set_cookie = sticky_cookie.map(|name| {
+            HeaderValue::try_from(format!("{name}={id:016x}; Path=/; HttpOnly; SameSite=Lax"))
+                .expect("a validated cookie name")
+        });
+        let pool = match previous {
+            Some(old) if old.pool.settings() == settings => Arc::clone(&old.pool),
+            _ => Arc::new(ConnPool::new(addr, settings)),
+        };
+        let state = previous.map_or_else(
+            || Arc::new(BackendState::new()),
+            |old| Arc::clone(&old.state),
+        );
+        Self {
+            addr,
+            addr_text,
+            weight,
+            id,
+            host,
+            pool,
+            sticky_set_cookie,
+            state,
         }
-        self.healthy
-            .store(old.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Whether it may receive new requests.
     pub fn is_eligible(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.state.healthy.load(Ordering::Relaxed) && !self.state.draining.load(Ordering::Relaxed)
     }
 
     /// Whether health checks consider it up.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.state.healthy.load(Ordering::Relaxed)
     }
 
     /// Whether it is being drained before removal.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.state.draining.load(Ordering::Relaxed)
     }
 
     /// Requests (or TCP connections) in flight.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        // Sequentially consistent: a drain reads it after setting its flag (`try_start`).
+        self.state.in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests (or TCP connections) sent to it.
     pub fn requests_total(&self) -> u64 {
-        self.requests_total.load(Ordering::Relaxed)
+        self.state.requests_total.load(Ordering::Relaxed)
     }
 
     /// Connect errors, resets, timeouts and 5xx answers.
     pub fn failures_total(&self) -> u64 {
-        self.failures_total.load(Ordering::Relaxed)
+        self.state.failures_total.load(Ordering::Relaxed)
     }
 
     /// Responses by status code, codes never seen left out.
     pub fn responses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.responses
+        self.state
+            .responses
             .iter()
             .zip(100u16..)
             .map(|(c, status)| (status, c.load(Ordering::Relaxed)))
             .filter(|(_, n)| *n > 0)
     }
 
-    /// Counts a request as started; the guard ends it.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests_total.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+    /// Counts a request as started, unless a drain has begun; the guard ends it.
+    ///
+    /// The count is raised before the drain flag is read, and a drain sets the flag before it
+    /// reads the count (all four sequentially consistent), so either the request sees the
+    /// drain and goes elsewhere, or the drain sees the request and waits for it: no request
+    /// slips onto a backend whose drain has already found it idle.
+    pub fn try_start(self: &Arc<Self>) -> Option<InFlight> {
+        let state = &self.state;
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        if state.draining.load(Ordering::SeqCst) {
+            state.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        state.requests_total.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(self)))
     }
 
     /// Records a response status from this backend.
     pub fn record_status(&self, status: u16, passive_limit: u32) {
-        if let Some(c) = self.responses.get(usize::from(status).wrapping_sub(100)) {
+        if let Some(c) = self
+            .state
+            .responses
+            .get(usize::from(status).wrapping_sub(100))
+        {
             c.fetch_add(1, Ordering::Relaxed);
         }
         if status >= 500 {
             self.record_failure(passive_limit);
-        } else if self.passive_failures.load(Ordering::Relaxed) != 0 {
-            self.passive_failures.store(0, Ordering::Relaxed);
+        } else if self.state.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.state.passive_failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a good exchange that has no status (a TCP session).
     pub fn record_success(&self) {
-        if self.passive_failures.load(Ordering::Relaxed) != 0 {
-            self.passive_failures.store(0, Ordering::Relaxed);
+        if self.state.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.state.passive_failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a failed exchange; after `passive_limit` in a row the backend leaves rotation
     /// and needs `healthy_threshold` good checks (or the eject delay) to come back.
     pub fn record_failure(&self, passive_limit: u32) {
-        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        self.state.failures_total.fetch_add(1, Ordering::Relaxed);
         if passive_limit == 0 {
             return;
         }
-        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= passive_limit && self.healthy.swap(false, Ordering::Relaxed) {
-            self.checks_ok.store(0, Ordering::Relaxed);
-            self.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
+        let n = self.state.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= passive_limit && self.state.healthy.swap(false, Ordering::Relaxed) {
+            self.state.checks_ok.store(0, Ordering::Relaxed);
+            self.state.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
                 message = "Backend ejected after consecutive failures.",
                 backend = %self.addr,
@@ -214,17 +245,18 @@ impl Backend {
     /// Feeds one active check result to the state machine; returns the new state on a change.
     pub fn record_check(&self, ok: bool, health: &HealthConfig) -> Option<bool> {
         if ok {
-            self.checks_failed.store(0, Ordering::Relaxed);
-            let n = self.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
-                self.passive_failures.store(0, Ordering::Relaxed);
+            self.state.checks_failed.store(0, Ordering::Relaxed);
+            let n = self.state.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.healthy_threshold && !self.state.healthy.swap(true, Ordering::Relaxed) {
+                self.state.passive_failures.store(0, Ordering::Relaxed);
                 return Some(true);
             }
         } else {
-            self.checks_ok.store(0, Ordering::Relaxed);
-            let n = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
-                self.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
+            self.state.checks_ok.store(0, Ordering::Relaxed);
+            let n = self.state.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.unhealthy_threshold && self.state.healthy.swap(false, Ordering::Relaxed)
+            {
+                self.state.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
                 return Some(false);
             }
         }
@@ -233,13 +265,13 @@ impl Backend {
 
     /// Without active checks, brings a passively ejected backend back after `eject`.
     pub fn readmit_after(&self, eject: Duration) -> bool {
-        if self.healthy.load(Ordering::Relaxed) {
+        if self.state.healthy.load(Ordering::Relaxed) {
             return false;
         }
-        let since = now_ms().saturating_sub(self.ejected_at_ms.load(Ordering::Relaxed));
+        let since = now_ms().saturating_sub(self.state.ejected_at_ms.load(Ordering::Relaxed));
         if since >= eject.as_millis() as u64 {
-            self.passive_failures.store(0, Ordering::Relaxed);
-            self.healthy.store(true, Ordering::Relaxed);
+            self.state.passive_failures.store(0, Ordering::Relaxed);
+            self.state.healthy.store(true, Ordering::Relaxed);
             return true;
         }
         false
@@ -259,7 +291,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -283,6 +315,29 @@ impl BackendSet {
     /// Picks a backend with the upstream's policy, avoiding `exclude`.
     pub fn pick(&self, hash: u64, exclude: Option<usize>) -> Option<usize> {
         self.balancer.pick(self, hash, exclude)
+    }
+
+    /// Chooses a backend for a new request (or TCP connection) and counts it there: the one
+    /// `pinned` names while it is eligible, else the policy's pick avoiding `exclude`. A
+    /// backend whose drain began after the pick is passed over for another pick.
+    pub fn start_request(
+        &self,
+        pinned: Option<u64>,
+        hash: u64,
+        exclude: Option<usize>,
+    ) -> Option<(usize, InFlight)> {
+        // Each pass that fails has seen a backend's drain flag, which later picks skip, so
+        // the passes are bounded by the number of backends.
+        for _ in 0..=self.backends.len() {
+            let i = match pinned.and_then(|id| self.find_eligible(id)) {
+                Some(i) => i,
+                None => self.pick(hash, exclude)?,
+            };
+            if let Some(guard) = self.backends[i].try_start() {
+                return Some((i, guard));
+            }
+        }
+        None
     }
 
     /// The eligible backend a sticky cookie points to.
@@ -346,13 +401,31 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds an upstream from its config.
-    pub fn new(config: &UpstreamConfig, settings: ClientSettings) -> Self {
+    /// Builds an upstream from its config. `previous` is the upstream of the same name in the
+    /// config this one replaces: each backend it shares an address with hands over its state
+    /// (health, counters, requests in flight, a drain under way) and its idle connections.
+    pub fn new(
+        config: &UpstreamConfig,
+        settings: ClientSettings,
+        previous: Option<&Upstream>,
+    ) -> Self {
         let sticky = config.sticky_cookie.as_deref();
+        let old_set = previous.map(Upstream::backends);
         let backends = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.weight, sticky, settings)))
+            .map(|b| {
+                let old = old_set
+                    .as_ref()
+                    .and_then(|set| set.backends.iter().find(|o| o.addr == b.addr));
+                Arc::new(Backend::new(
+                    b.addr,
+                    b.weight,
+                    sticky,
+                    settings,
+                    old.map(|o| &**o),
+                ))
+            })
             .collect();
         Self {
             name: config.name.as_str().into(),
@@ -378,16 +451,6 @@ impl Upstream {
         self.set.load_full()
     }
 
-    /// Carries health state and counters over from the upstream this one replaces.
-    pub fn inherit(&self, old: &Upstream) {
-        let old_set = old.backends();
-        for b in &self.backends().backends {
-            if let Some(o) = old_set.backends.iter().find(|o| o.addr == b.addr) {
-                b.inherit(o);
-            }
-        }
-    }
-
     /// Adds a backend at run time.
     pub fn add_backend(&self, addr: SocketAddr, weight: u32) -> Result<(), ChangeError> {
         let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -401,6 +464,7 @@ impl Upstream {
             weight,
             self.sticky_cookie.as_deref(),
             self.settings,
+            None,
         )));
         self.set
             .store(Arc::new(BackendSet::new(self.policy, backends)));
@@ -416,7 +480,8 @@ impl Upstream {
             .iter()
             .find(|b| b.addr == addr)
             .ok_or(ChangeError::NotFound(addr))?;
-        backend.draining.store(true, Ordering::Relaxed);
+        // Before the caller reads the in-flight count; see `Backend::try_start`.
+        backend.state.draining.store(true, Ordering::SeqCst);
         Ok(Arc::clone(backend))
     }
 
@@ -459,7 +524,13 @@ mod tests {
             idle: Duration::from_secs(1),
             io_uring: false,
         };
-        Backend::new("127.0.0.1:1".parse().unwrap(), 1, Some("aff"), settings)
+        Backend::new(
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+            Some("aff"),
+            settings,
+            None,
+        )
     }
 
     fn health() -> HealthConfig {
@@ -507,7 +578,7 @@ mod tests {
     #[tokio::test]
     async fn the_in_flight_guard_counts_until_dropped() {
         let b = Arc::new(backend());
-        let g = b.start();
+        let g = b.try_start().unwrap();
         assert_eq!(b.in_flight(), 1);
         drop(g);
         assert_eq!((b.in_flight(), b.requests_total()), (0, 1));

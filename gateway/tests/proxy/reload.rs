@@ -72,3 +72,82 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert_eq!(reply.status, 200);
     run.await.unwrap().unwrap();
 }
+
+/// A reload keeps what its backends are doing: a request in flight still counts, and a drain
+/// that was waiting for it when the reload came still waits for it and then removes the
+/// backend from the upstream the reload built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_requests_in_flight_and_a_drain_under_way() {
+    let (a, b) = (Stub::start("a").await, Stub::start("b").await);
+    a.set_delay(std::time::Duration::from_millis(800));
+    let path = temp_file("reload-drain");
+    std::fs::write(&path, config_to(&a)).unwrap();
+    let config = Config::load(&path).unwrap();
+    let gw = TestGateway::start_with(
+        Gateway::build_with_path(config, Some(path.clone()))
+            .await
+            .unwrap(),
+    );
+    let c = TestClient::new();
+    let url = gw.url("/");
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let reply = c.get(&url).await;
+            (reply, std::time::Instant::now())
+        }
+    });
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the slow request",
+        || async { a.hits() == 1 },
+    )
+    .await;
+
+    let both = format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a, &b])
+    );
+    std::fs::write(&path, &both).unwrap();
+    gw.shared.reload().unwrap();
+    assert_eq!(
+        gw.backends(&c, "web").await[&a.addr.to_string()]["in_flight"],
+        1
+    );
+
+    let delete = tokio::spawn({
+        let (c, url) = (
+            c.clone(),
+            gw.admin_url(&format!("/admin/upstreams/web/backends/{}", a.addr)),
+        );
+        async move {
+            let reply = c.send(hyper::Method::DELETE, &url, &[], "").await;
+            (reply, std::time::Instant::now())
+        }
+    });
+    eventually(std::time::Duration::from_secs(5), "the drain", || async {
+        gw.backends(&c, "web").await[&a.addr.to_string()]["draining"] == true
+    })
+    .await;
+    // Reloaded again while the drain waits: the new upstream takes the draining backend over.
+    gw.shared.reload().unwrap();
+    assert_eq!(c.get(&gw.url("/")).await.body, "b");
+
+    let (slow, slow_done) = slow.await.unwrap();
+    let (deleted, delete_done) = delete.await.unwrap();
+    assert_eq!((slow.status.as_u16(), slow.body.as_str()), (200, "a"));
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert!(
+        deleted.body.contains("\"drained\":true"),
+        "{}",
+        deleted.body
+    );
+    assert!(
+        delete_done >= slow_done,
+        "the drain ended before its request"
+    );
+    let left = gw.backends(&c, "web").await;
+    assert_eq!(left.keys().collect::<Vec<_>>(), [&b.addr.to_string()]);
+    assert_eq!(c.get(&gw.url("/")).await.body, "b");
+    let _ = std::fs::remove_file(&path);
+}
