@@ -111,6 +111,7 @@ impl RetryBudget {
         Self {
             enabled: config.enabled,
             deposit: (config.budget_ratio * RETRY as f64) as i64,
+            // Savings are capped, so a long quiet spell cannot fund a storm of retries.
             cap: floor.max(100 * RETRY),
             balance: AtomicI64::new(floor),
         }

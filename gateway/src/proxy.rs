@@ -320,26 +320,25 @@ async fn attempt(
     let started = tokio::time::Instant::now();
     deadline.arm(started + rt.response_timeout);
     let sent = backend.pool.send(&head, body, ms_at(started.into_std()));
-    let passive = upstream.passive_failures;
     match deadline.within(sent).await {
         Some(Ok(response)) => {
             upstream.latency.observe(started.elapsed());
-            backend.record_status(response.status().as_u16(), passive);
+            backend.record_status(response.status().as_u16(), upstream);
             Ok((response, guard))
         }
         Some(Err(SendError::Connect(_))) => {
-            backend.record_failure(passive);
+            backend.record_failure(upstream);
             Err(ProxyError::Connect(backend.addr_text.to_string()))
         }
         // The client's fault, not the backend's: no failure is counted against it.
         Some(Err(SendError::Body(error))) => Err(body_error(error)),
         Some(Err(SendError::Failed(error))) => {
             tracing::debug!(message = "Backend exchange failed.", backend = %backend.addr, %error);
-            backend.record_failure(passive);
+            backend.record_failure(upstream);
             Err(ProxyError::Reset(backend.addr_text.to_string()))
         }
         None => {
-            backend.record_failure(passive);
+            backend.record_failure(upstream);
             Err(ProxyError::Timeout(backend.addr_text.to_string()))
         }
     }

@@ -200,8 +200,8 @@ impl Backend {
         Some(InFlight(Arc::clone(self)))
     }
 
-    /// Records a response status from this backend.
-    pub fn record_status(&self, status: u16, passive_limit: u32) {
+    /// Records a response status from this backend of `upstream`.
+    pub fn record_status(&self, status: u16, upstream: &Upstream) {
         if let Some(c) = self
             .state
             .responses
@@ -210,7 +210,7 @@ impl Backend {
             c.fetch_add(1, Ordering::Relaxed);
         }
         if status >= 500 {
-            self.record_failure(passive_limit);
+            self.record_failure(upstream);
         } else if self.state.passive_failures.load(Ordering::Relaxed) != 0 {
             self.state.passive_failures.store(0, Ordering::Relaxed);
         }
@@ -223,15 +223,29 @@ impl Backend {
         }
     }
 
-    /// Records a failed exchange; after `passive_limit` in a row the backend leaves rotation
-    /// and needs `healthy_threshold` good checks (or the eject delay) to come back.
-    pub fn record_failure(&self, passive_limit: u32) {
+    /// Records a failed exchange with this backend of `upstream`. After the upstream's
+    /// `passive_failures` in a row the backend leaves rotation, if enough others stay in (see
+    /// [`Upstream::may_eject_passively`]), and needs `healthy_threshold` good checks (or the
+    /// eject delay) to come back.
+    pub fn record_failure(&self, upstream: &Upstream) {
         self.state.failures_total.fetch_add(1, Ordering::Relaxed);
-        if passive_limit == 0 {
+        let limit = upstream.passive_failures;
+        if limit == 0 {
             return;
         }
         let n = self.state.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= passive_limit && self.state.healthy.swap(false, Ordering::Relaxed) {
+        if n < limit || !self.is_healthy() {
+            return;
+        }
+        if !upstream.may_eject_passively() {
+            tracing::debug!(
+                message = "Backend kept in rotation despite consecutive failures: too few others are in.",
+                backend = %self.addr,
+                failures = n
+            );
+            return;
+        }
+        if self.state.healthy.swap(false, Ordering::Relaxed) {
             self.state.checks_ok.store(0, Ordering::Relaxed);
             self.state.ejected_at_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
@@ -503,6 +517,17 @@ impl Upstream {
         Ok(())
     }
 
+    /// Whether one more backend may leave rotation by passive ejection: only if at least half
+    /// of the backends (rounded up) stay healthy after it. Failed exchanges say as much about the
+    /// requests as about the backends (one client calling a page that fails answers 5xx from
+    /// every backend), so they never empty an upstream, as Envoy's `max_ejection_percent`
+    /// keeps them from doing; the active checks, which ask each backend alone, can.
+    pub fn may_eject_passively(&self) -> bool {
+        let set = self.set.load();
+        let healthy = set.backends.iter().filter(|b| b.is_healthy()).count();
+        healthy > set.backends.len().div_ceil(2)
+    }
+
     /// Stops this upstream's background work; a reload calls it on the upstream it replaces.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
@@ -518,19 +543,17 @@ impl Upstream {
 mod tests {
     use super::*;
 
-    fn backend() -> Backend {
-        let settings = ClientSettings {
+    fn settings() -> ClientSettings {
+        ClientSettings {
             connect: Duration::from_secs(1),
             idle: Duration::from_secs(1),
             io_uring: false,
-        };
-        Backend::new(
-            "127.0.0.1:1".parse().unwrap(),
-            1,
-            Some("aff"),
-            settings,
-            None,
-        )
+        }
+    }
+
+    fn backend() -> Backend {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Backend::new(addr, 1, Some("aff"), settings(), None)
     }
 
     fn health() -> HealthConfig {
@@ -559,20 +582,54 @@ mod tests {
         assert!(b.is_eligible());
     }
 
+    /// An upstream of `n` backends (127.0.0.1:1 to :n) ejecting after 3 failures.
+    fn upstream(n: u16) -> Upstream {
+        let backends: Vec<String> = (1..=n)
+            .map(|port| format!("{{ addr = \"127.0.0.1:{port}\" }}"))
+            .collect();
+        let config = crate::Config::parse(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"web\"\npassive_failures = 3\nbackends = [{}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+            backends.join(", ")
+        ))
+        .unwrap();
+        Upstream::new(&config.upstreams[0], settings(), None)
+    }
+
     #[tokio::test]
     async fn consecutive_failures_eject_passively_and_a_success_resets_the_count() {
-        let b = backend();
-        b.record_failure(3);
-        b.record_failure(3);
-        b.record_status(200, 3);
-        b.record_failure(3);
-        b.record_status(502, 3);
+        let u = upstream(2);
+        let b = &u.backends().backends[0];
+        b.record_failure(&u);
+        b.record_failure(&u);
+        b.record_status(200, &u);
+        b.record_failure(&u);
+        b.record_status(502, &u);
         assert!(b.is_healthy());
-        b.record_failure(3);
+        b.record_failure(&u);
         assert!(!b.is_healthy());
         assert_eq!(b.failures_total(), 5);
         assert!(b.readmit_after(Duration::ZERO));
         assert!(b.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn passive_ejection_keeps_at_least_half_of_the_backends_in_rotation() {
+        for (n, ejectable) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2)] {
+            let u = upstream(n);
+            let set = u.backends();
+            for b in &set.backends {
+                (0..3).for_each(|_| b.record_failure(&u));
+            }
+            let out = set.backends.iter().filter(|b| !b.is_healthy()).count();
+            assert_eq!(out, ejectable, "{n} backends");
+        }
+        // The active checks are not held back.
+        let u = upstream(1);
+        let b = &u.backends().backends[0];
+        for _ in 0..3 {
+            b.record_check(false, &health());
+        }
+        assert!(!b.is_healthy());
     }
 
     #[tokio::test]

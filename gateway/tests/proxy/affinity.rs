@@ -17,7 +17,7 @@ async fn a_sticky_cookie_pins_a_client_and_is_repinned_when_its_backend_goes_dow
         Stub::start("c").await,
     ];
     let gw = TestGateway::start(&format!(
-        "{LISTEN}[[upstreams]]\nname = \"web\"\nsticky_cookie = \"scaleout_affinity\"\n{}\nhealth = {{ interval_ms = 50, timeout_ms = 40, healthy_threshold = 2, unhealthy_threshold = 2 }}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        "{LISTEN}[[upstreams]]\nname = \"web\"\nsticky_cookie = \"scaleout_affinity\"\n{}\nhealth = {{ interval_ms = 50, timeout_ms = 1000, healthy_threshold = 2, unhealthy_threshold = 2 }}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
         backends(&[&stubs[0], &stubs[1], &stubs[2]])
     ))
     .await;

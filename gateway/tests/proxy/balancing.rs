@@ -55,7 +55,9 @@ async fn weighted_round_robin_interleaves_two_to_one_smoothly() {
 /// A slow backend keeps its requests in flight, so new ones go to the fast one.
 async fn slow_backend_gets_few_requests(policy: &str) {
     let (slow, fast) = (Stub::start("slow").await, Stub::start("fast").await);
-    slow.set_delay(Duration::from_millis(500));
+    // Far longer than sending the 20 takes, even on a busy machine: the slow backend holds
+    // its first request throughout.
+    slow.set_delay(Duration::from_millis(2000));
     let gw = TestGateway::start(&format!(
         "{LISTEN}[[upstreams]]\nname = \"web\"\npolicy = \"{policy}\"\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
         backends(&[&slow, &fast])

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 40, healthy_threshold = 2, unhealthy_threshold = 2 }";
+/// Checks every 50 ms. A killed stub refuses at once and a sick one answers 503 at once, so the
+/// timeout only has to spare a healthy stub on a busy machine.
+const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 1000, healthy_threshold = 2, unhealthy_threshold = 2 }";
 
 async fn is_healthy(gw: &TestGateway, client: &TestClient, addr: &str) -> bool {
     gw.backends(client, "web").await[addr]["healthy"] == true
@@ -184,7 +186,7 @@ async fn with_no_healthy_backend_the_answer_is_a_fast_503_problem() {
 async fn consecutive_5xx_answers_eject_a_backend_passively_until_its_eject_time_passes() {
     let (a, b) = (Stub::start("a").await, Stub::start("b").await);
     let gw = TestGateway::start(&format!(
-        "{LISTEN}[[upstreams]]\nname = \"web\"\npassive_failures = 2\npassive_eject_ms = 200\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        "{LISTEN}[[upstreams]]\nname = \"web\"\npassive_failures = 2\npassive_eject_ms = 1500\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
         backends(&[&a, &b])
     ))
     .await;

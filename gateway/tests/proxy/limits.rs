@@ -73,7 +73,8 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let a = Stub::start("a").await;
     let gw = TestGateway::start(&limited(
         &a,
-        "[rate_limit]\nrequests_per_second = 1\nburst = 3",
+        // One token every 10 s: the four requests cannot outlast a refill, however slow.
+        "[rate_limit]\nrequests_per_second = 0.1\nburst = 3",
     ))
     .await;
     let c = TestClient::new();
@@ -82,7 +83,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     }
     let r = c.get(&gw.url("/")).await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["retry-after"], "10");
     assert_eq!(r.headers["content-type"], "application/problem+json");
     assert_eq!(a.hits(), 3);
 }

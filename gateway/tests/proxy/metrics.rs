@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 40, healthy_threshold = 2, unhealthy_threshold = 2 }";
+const HEALTH: &str = "health = { path = \"/healthz\", interval_ms = 50, timeout_ms = 1000, healthy_threshold = 2, unhealthy_threshold = 2 }";
 
 /// One scrape: series (name and sorted labels) to value, and family name to type.
 ///

@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
@@ -12,6 +13,8 @@ struct Process {
     child: Child,
     addr: SocketAddr,
     path: PathBuf,
+    /// The gateway's log lines after the startup line, one JSON object each.
+    log: mpsc::Receiver<serde_json::Value>,
 }
 
 impl Process {
@@ -21,6 +24,27 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits for the next log line whose message starts with `message`; a signal's effect is
+    /// known by what the gateway says it did, not by how long the test slept.
+    fn wait_for_log(&self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        tokio::task::block_in_place(|| {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let event = self
+                    .log
+                    .recv_timeout(left)
+                    .unwrap_or_else(|e| panic!("no log line {message:?}: {e}"));
+                if event["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+                {
+                    return event;
+                }
+            }
+        })
     }
 }
 
@@ -65,8 +89,20 @@ fn spawn(name: &str, toml: &str) -> Process {
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Process { child, addr, path }
+    let (sender, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = sender.send(event);
+            }
+        }
+    });
+    Process {
+        child,
+        addr,
+        path,
+        log,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,15 +115,13 @@ async fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_config() {
 
     std::fs::write(&process.path, "listen = [").unwrap();
     process.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    process.wait_for_log("Reload rejected");
     assert_eq!(c.get(&url).await.body, "old");
 
     std::fs::write(&process.path, config_to(&new)).unwrap();
     process.signal("HUP");
-    eventually(Duration::from_secs(5), "the new config serves", || async {
-        c.get(&url).await.body == "new"
-    })
-    .await;
+    process.wait_for_log("Configuration reloaded");
+    assert_eq!(c.get(&url).await.body, "new");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,4 +146,44 @@ async fn sigterm_drains_the_request_in_flight_and_exits_cleanly() {
     .await
     .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A request slower than `timeouts.shutdown_ms` does not hold the process: it exits at the
+/// deadline, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_on_a_request_slower_than_the_shutdown_deadline() {
+    let a = Stub::start("a").await;
+    a.set_delay(Duration::from_secs(30));
+    let toml = config_to(&a).replace(
+        "workers = 1\n",
+        "workers = 1\n[timeouts]\nshutdown_ms = 300\n",
+    );
+    let mut process = spawn("sigterm-deadline", &toml);
+    let url = format!("http://{}/", process.addr);
+    let c = TestClient::new();
+    let pending = tokio::spawn(async move { c.try_send(hyper::Method::GET, &url, &[], "").await });
+    eventually(Duration::from_secs(5), "request in flight", || async {
+        a.hits() == 1
+    })
+    .await;
+    let signalled = Instant::now();
+    process.signal("TERM");
+    process.wait_for_log("Shutdown deadline passed");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.child.wait().unwrap();
+        drop(process);
+        status
+    })
+    .await
+    .unwrap();
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the slow request cannot have been answered"
+    );
 }
