@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gateway::{Config, Gateway};
 
@@ -18,18 +18,23 @@ fn config_to(stub: &Stub) -> String {
     )
 }
 
+/// A gateway started from the file at `path`, written with `toml`, which its reloads re-read.
+async fn gateway_reading(path: &Path, toml: &str) -> TestGateway {
+    std::fs::write(path, toml).unwrap();
+    let config = Config::load(path).unwrap();
+    TestGateway::start_with(
+        Gateway::build_with_path(config, Some(path.to_owned()))
+            .await
+            .unwrap(),
+    )
+}
+
 /// The reload function is the one SIGHUP calls.
 #[tokio::test]
 async fn a_reload_with_a_bad_file_keeps_the_old_config_and_a_good_one_takes_over() {
     let (old, new) = (Stub::start("old").await, Stub::start("new").await);
     let path = temp_file("reload");
-    std::fs::write(&path, config_to(&old)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let gw = TestGateway::start_with(
-        Gateway::build_with_path(config, Some(path.clone()))
-            .await
-            .unwrap(),
-    );
+    let gw = gateway_reading(&path, &config_to(&old)).await;
     let c = TestClient::new();
     assert_eq!(c.get(&gw.url("/")).await.body, "old");
 
@@ -81,13 +86,7 @@ async fn a_reload_keeps_requests_in_flight_and_a_drain_under_way() {
     let (a, b) = (Stub::start("a").await, Stub::start("b").await);
     a.set_delay(std::time::Duration::from_millis(800));
     let path = temp_file("reload-drain");
-    std::fs::write(&path, config_to(&a)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let gw = TestGateway::start_with(
-        Gateway::build_with_path(config, Some(path.clone()))
-            .await
-            .unwrap(),
-    );
+    let gw = gateway_reading(&path, &config_to(&a)).await;
     let c = TestClient::new();
     let url = gw.url("/");
     let slow = tokio::spawn({

@@ -26,6 +26,17 @@ impl Process {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit (and removes its config file).
+    async fn exit_status(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            drop(self);
+            status
+        })
+        .await
+        .unwrap()
+    }
+
     /// Waits for the next log line whose message starts with `message`; a signal's effect is
     /// known by what the gateway says it did, not by how long the test slept.
     fn wait_for_log(&self, message: &str) -> serde_json::Value {
@@ -128,7 +139,7 @@ async fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_config() {
 async fn sigterm_drains_the_request_in_flight_and_exits_cleanly() {
     let a = Stub::start("a").await;
     a.set_delay(Duration::from_millis(300));
-    let mut process = spawn("sigterm", &config_to(&a));
+    let process = spawn("sigterm", &config_to(&a));
     let url = format!("http://{}/", process.addr);
     let c = TestClient::new();
     let pending = tokio::spawn(async move { c.get(&url).await });
@@ -138,13 +149,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_cleanly() {
     .await;
     process.signal("TERM");
     assert_eq!(pending.await.unwrap().status, 200);
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.child.wait().unwrap();
-        drop(process);
-        status
-    })
-    .await
-    .unwrap();
+    let status = process.exit_status().await;
     assert!(status.success(), "{status}");
 }
 
@@ -158,7 +163,7 @@ async fn sigterm_gives_up_on_a_request_slower_than_the_shutdown_deadline() {
         "workers = 1\n",
         "workers = 1\n[timeouts]\nshutdown_ms = 300\n",
     );
-    let mut process = spawn("sigterm-deadline", &toml);
+    let process = spawn("sigterm-deadline", &toml);
     let url = format!("http://{}/", process.addr);
     let c = TestClient::new();
     let pending = tokio::spawn(async move { c.try_send(hyper::Method::GET, &url, &[], "").await });
@@ -169,13 +174,7 @@ async fn sigterm_gives_up_on_a_request_slower_than_the_shutdown_deadline() {
     let signalled = Instant::now();
     process.signal("TERM");
     process.wait_for_log("Shutdown deadline passed");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.child.wait().unwrap();
-        drop(process);
-        status
-    })
-    .await
-    .unwrap();
+    let status = process.exit_status().await;
     let took = signalled.elapsed();
     assert!(status.success(), "{status}");
     assert!(
