@@ -146,7 +146,7 @@ async fn add_backend(shared: &Shared, name: &str, body: Incoming) -> Response<Re
 
 /// Drains a backend (no new requests, in-flight ones finish, up to `timeouts.drain_ms`), then
 /// removes it. The answer comes once it is removed, so a script can stop the server next.
-async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<ResponseBody> {
+async fn remove_backend(shared: &Arc<Shared>, name: &str, addr: &str) -> Response<ResponseBody> {
     let Some(addr) = percent_decode(addr).and_then(|a| a.parse::<SocketAddr>().ok()) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -164,8 +164,32 @@ async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<Res
         }
         Err(e) => return problem(StatusCode::CONFLICT, &e.to_string()),
     };
-    let deadline = Instant::now() + Duration::from_millis(runtime.config.timeouts.drain_ms);
-    drop(runtime);
+    let drain = Duration::from_millis(runtime.config.timeouts.drain_ms);
+    // Its own task: a caller that stops waiting must not leave the backend draining forever,
+    // out of rotation but never removed (reloads keep the flag).
+    let finish = tokio::spawn(finish_drain(
+        Arc::clone(shared),
+        name.into(),
+        backend,
+        drain,
+    ));
+    let drained = finish.await.unwrap_or(false);
+    tracing::info!(message = "Backend removed.", upstream = name, backend = %addr, drained);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "removed": addr.to_string(), "drained": drained }),
+    )
+}
+
+/// Waits up to `drain` for a draining backend's requests to finish, then removes it from the
+/// upstream named `name`; returns whether it drained.
+async fn finish_drain(
+    shared: Arc<Shared>,
+    name: Box<str>,
+    backend: Arc<Backend>,
+    drain: Duration,
+) -> bool {
+    let deadline = Instant::now() + drain;
     // The count can be trusted at once: a request that picked this backend before the flag
     // was set is either counted already or sees the flag and goes elsewhere
     // (`Backend::try_start`).
@@ -176,14 +200,10 @@ async fn remove_backend(shared: &Shared, name: &str, addr: &str) -> Response<Res
     // From the upstream current now: a reload during the wait built a new one, which took the
     // backend's state over, draining included. A backend already gone (by a reload that
     // dropped it, or another removal) is as removed as this call wants it.
-    if let Some(upstream) = shared.runtime().upstream(name) {
-        let _ = upstream.remove_backend(addr);
+    if let Some(upstream) = shared.runtime().upstream(&name) {
+        upstream.remove_backend(&backend);
     }
-    tracing::info!(message = "Backend removed.", upstream = name, backend = %addr, drained);
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "removed": addr.to_string(), "drained": drained }),
-    )
+    drained
 }
 
 /// Decodes `%XX` escapes in a path segment; `None` for a broken escape or bytes that are not

@@ -58,6 +58,11 @@ pub fn spawn(upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
                 });
             }
             while let Some(Ok((b, ok))) = checks.join_next().await {
+                // A reload during the round: the upstream that replaced this one has the same
+                // backends' state and checks them itself; two rounds must not count as one.
+                if upstream.is_retired() {
+                    return;
+                }
                 match b.record_check(ok, health) {
                     Some(true) => {
                         tracing::info!(message = "Backend healthy again.", upstream = %upstream.name, backend = %b.addr)
@@ -92,7 +97,7 @@ async fn check(backend: &Backend, health: &HealthConfig) -> bool {
     let exchange = async {
         let response = backend
             .pool
-            .send(&head, UpstreamBody::Empty, now_ms())
+            .send(&head, UpstreamBody::Empty, true, now_ms())
             .await
             .ok()?;
         let ok = response.status().is_success() || response.status().is_redirection();

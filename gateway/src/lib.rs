@@ -263,13 +263,13 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without
-/// traffic, finishes the request in flight and closes.
 /// `timeouts.idle_ms` of the current config.
 fn idle_timeout(shared: &Shared) -> Duration {
     Duration::from_millis(shared.runtime().config.timeouts.idle_ms)
 }
 
+/// Serves the admin API's HTTP/1.1 on one connection; on shutdown or after `idle` without
+/// traffic, finishes the request in flight and closes.
 async fn serve_http<S>(
     builder: http1::Builder,
     stream: TcpStream,

@@ -125,6 +125,11 @@ impl RetryBudget {
         }
     }
 
+    /// Gives back a retry taken for an attempt that could not be made.
+    pub fn refund(&self) {
+        self.balance.fetch_add(RETRY, Ordering::Relaxed);
+    }
+
     /// Takes one retry if the budget allows it.
     pub fn try_withdraw(&self) -> bool {
         self.enabled

@@ -160,10 +160,12 @@ impl ConnPool {
     /// Sends a request on a pooled connection, or a new one, and reads the response head.
     ///
     /// A pooled connection found closed is dropped without counting as a failure. So is one
-    /// that ends before a byte of answer when its request can be sent again (no body, or one
-    /// held in memory): a backend closes idle connections on its own schedule, and one may
-    /// close just as a request goes out on it. The request then goes once more, on a new
-    /// connection, as Go's HTTP client does; a streamed body cannot, and fails.
+    /// that ends before a byte of answer when the request is `replayable` (idempotent: the
+    /// caller's word) and its body can be sent again (none, or one held in memory): a backend
+    /// closes idle connections on its own schedule, and one may close just as a request goes
+    /// out on it. The request then goes once more, on a new connection, as Go's HTTP client
+    /// resends an idempotent request. Any other request fails: the backend may have acted on
+    /// it before it closed (a crash, a restart), and it must not act twice.
     ///
     /// `now_ms` is [`now_ms`](crate::upstream::now_ms) as the caller read it; it also stamps
     /// the connection's return to the pool, so a connection counts as idle from the start of
@@ -173,12 +175,13 @@ impl ConnPool {
         self: &Arc<Self>,
         head: &RequestHead<'_>,
         body: UpstreamBody,
+        replayable: bool,
         now_ms: u64,
     ) -> Result<Response<BackendBody>, SendError> {
         let body = match self.take_idle(now_ms) {
             None => body,
             Some(conn) => {
-                let spare = body.try_clone();
+                let spare = body.try_clone().filter(|_| replayable);
                 match (conn.exchange(head, body).await, spare) {
                     (Err(ExchangeError::Unanswered(error)), Some(spare)) => {
                         tracing::debug!(
@@ -708,7 +711,7 @@ mod tests {
             host: None,
         };
         let response = pool
-            .send(&head, UpstreamBody::Empty, now_ms())
+            .send(&head, UpstreamBody::Empty, true, now_ms())
             .await
             .unwrap();
         let status = response.status();
@@ -783,30 +786,36 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 
+    /// A request the backend may have acted on before it closed is not sent again: one that is
+    /// not idempotent, even without a body, and an idempotent one whose body was streamed.
     #[tokio::test]
-    async fn a_streamed_body_crossing_the_backends_idle_close_is_not_sent_twice() {
-        let (addr, accepted) = scripted(
-            &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na", b""],
-            false,
-        )
-        .await;
-        let pool = pool(addr);
-        assert_eq!(get(&pool).await.1, b"a");
-        let headers = HeaderMap::new();
-        let head = RequestHead {
-            method: &Method::POST,
-            target: "/",
-            headers: &headers,
-            host: None,
-        };
-        let body = UpstreamBody::stream(crate::server::ClientBody::empty(), 1024);
-        let sent = pool.send(&head, body, now_ms()).await;
-        assert!(
-            matches!(sent, Err(SendError::Failed(_))),
-            "{:?}",
-            sent.map(|r| r.status())
-        );
-        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    async fn a_request_that_cannot_be_replayed_crossing_the_backends_idle_close_fails() {
+        let streamed = || UpstreamBody::stream(crate::server::ClientBody::empty(), 1024);
+        let cases: [(fn() -> UpstreamBody, bool); 2] =
+            [(|| UpstreamBody::Empty, false), (streamed, true)];
+        for (body, replayable) in cases {
+            let (addr, accepted) = scripted(
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na", b""],
+                false,
+            )
+            .await;
+            let pool = pool(addr);
+            assert_eq!(get(&pool).await.1, b"a");
+            let headers = HeaderMap::new();
+            let head = RequestHead {
+                method: &Method::POST,
+                target: "/",
+                headers: &headers,
+                host: None,
+            };
+            let sent = pool.send(&head, body(), replayable, now_ms()).await;
+            assert!(
+                matches!(sent, Err(SendError::Failed(_))),
+                "{:?}",
+                sent.map(|r| r.status())
+            );
+            assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        }
     }
 
     #[tokio::test]

@@ -269,7 +269,7 @@ async fn proxy(
     if let Some(span) = span {
         span.record("scaleout.backend", &*guard.backend().addr_text);
     }
-    let error = match attempt(rt, upstream, guard, &head, body, deadline).await {
+    let error = match attempt(rt, upstream, guard, &head, body, idempotent, deadline).await {
         Ok(exchange) => return Ok(respond(exchange, upstream, pinned)),
         Err(error) => error,
     };
@@ -285,6 +285,7 @@ async fn proxy(
     }
     // Fails only if a drain of that backend began since the pick: too rare to pick again.
     let Some(guard) = set.backends[second].try_start() else {
+        rt.retry_budget.refund();
         return Err(error);
     };
     tracing::debug!(message = "Retrying on another backend.", %error);
@@ -292,18 +293,25 @@ async fn proxy(
         span.record("scaleout.backend", &*guard.backend().addr_text);
     }
     // Boxed: a retry is rare, and its state would otherwise double the size of every request.
-    let exchange = Box::pin(attempt(rt, upstream, guard, &head, body, deadline)).await?;
+    let exchange = Box::pin(attempt(
+        rt, upstream, guard, &head, body, idempotent, deadline,
+    ))
+    .await?;
     Ok(respond(exchange, upstream, pinned))
 }
 
 /// Sends the request to the backend `guard` counts it on and waits up to
-/// `timeouts.response_ms` for its response head, on the connection's deadline.
+/// `timeouts.response_ms` for its response head, on the connection's deadline. An
+/// `idempotent` request may go twice to the backend (see [`ConnPool::send`]).
+///
+/// [`ConnPool::send`]: crate::pool::ConnPool::send
 async fn attempt(
     rt: &Runtime,
     upstream: &Upstream,
     guard: InFlight,
     head: &RequestHead<'_>,
     body: UpstreamBody,
+    idempotent: bool,
     deadline: &mut Deadline,
 ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
     let backend = guard.backend();
@@ -319,7 +327,9 @@ async fn attempt(
     // One clock read serves both the deadline and the latency.
     let started = tokio::time::Instant::now();
     deadline.arm(started + rt.response_timeout);
-    let sent = backend.pool.send(&head, body, ms_at(started.into_std()));
+    let sent = backend
+        .pool
+        .send(&head, body, idempotent, ms_at(started.into_std()));
     match deadline.within(sent).await {
         Some(Ok(response)) => {
             upstream.latency.observe(started.elapsed());
@@ -327,7 +337,7 @@ async fn attempt(
             Ok((response, guard))
         }
         Some(Err(SendError::Connect(_))) => {
-            backend.record_failure(upstream);
+            backend.record_connect_failure(upstream);
             Err(ProxyError::Connect(backend.addr_text.to_string()))
         }
         // The client's fault, not the backend's: no failure is counted against it.

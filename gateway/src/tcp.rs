@@ -43,7 +43,7 @@ pub async fn proxy(shared: Arc<Shared>, index: usize, client: TcpStream) {
                 return;
             }
             _ => {
-                backend.record_failure(&upstream);
+                backend.record_connect_failure(&upstream);
                 exclude = Some(i);
             }
         }

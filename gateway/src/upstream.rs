@@ -223,11 +223,22 @@ impl Backend {
         }
     }
 
-    /// Records a failed exchange with this backend of `upstream`. After the upstream's
-    /// `passive_failures` in a row the backend leaves rotation, if enough others stay in (see
-    /// [`Upstream::may_eject_passively`]), and needs `healthy_threshold` good checks (or the
-    /// eject delay) to come back.
+    /// Records a failed exchange with this backend of `upstream`: a reset, a timeout or a 5xx.
+    /// After the upstream's `passive_failures` in a row the backend leaves rotation, if enough
+    /// others stay in (see [`Upstream::may_eject_passively`]), and needs `healthy_threshold`
+    /// good checks (or the eject delay) to come back.
     pub fn record_failure(&self, upstream: &Upstream) {
+        self.fail(upstream, true);
+    }
+
+    /// Records a connection to this backend of `upstream` that could not be opened. It counts
+    /// like [`record_failure`](Self::record_failure), but ejects whatever the others' state: a
+    /// refused connection says nothing about the request, everything about the backend.
+    pub fn record_connect_failure(&self, upstream: &Upstream) {
+        self.fail(upstream, false);
+    }
+
+    fn fail(&self, upstream: &Upstream, keep_half: bool) {
         self.state.failures_total.fetch_add(1, Ordering::Relaxed);
         let limit = upstream.passive_failures;
         if limit == 0 {
@@ -237,7 +248,10 @@ impl Backend {
         if n < limit || !self.is_healthy() {
             return;
         }
-        if !upstream.may_eject_passively() {
+        // Held while counting the others and ejecting, so that two backends failing at once
+        // cannot both find enough others in rotation and leave too few.
+        let _ejecting = upstream.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        if keep_half && !upstream.may_eject_passively() {
             tracing::debug!(
                 message = "Backend kept in rotation despite consecutive failures: too few others are in.",
                 backend = %self.addr,
@@ -254,6 +268,12 @@ impl Backend {
                 failures = n
             );
         }
+    }
+
+    /// Whether `other` is this very backend: the same address and the same state, carried over
+    /// reloads, rather than one added again later.
+    pub fn is_same_as(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
     }
 
     /// Feeds one active check result to the state machine; returns the new state on a change.
@@ -408,6 +428,8 @@ pub struct Upstream {
     set: ArcSwap<BackendSet>,
     /// Serializes admin changes so two of them cannot lose each other's update.
     changes: Mutex<()>,
+    /// Serializes passive ejections, which count the backends still in rotation.
+    ejecting: Mutex<()>,
     /// Time to response headers of requests to this upstream.
     pub latency: Histogram,
     /// Set when a reload replaced this upstream, to stop its health checks.
@@ -455,6 +477,7 @@ impl Upstream {
             settings,
             set: ArcSwap::from_pointee(BackendSet::new(config.policy, backends)),
             changes: Mutex::new(()),
+            ejecting: Mutex::new(()),
             latency: Histogram::default(),
             retired: AtomicBool::new(false),
         }
@@ -499,33 +522,38 @@ impl Upstream {
         Ok(Arc::clone(backend))
     }
 
-    /// Removes a backend from the set.
-    pub fn remove_backend(&self, addr: SocketAddr) -> Result<(), ChangeError> {
+    /// Removes `backend` from the set, if it is still there: the same backend, not one added
+    /// at its address since. Returns whether it was.
+    pub fn remove_backend(&self, backend: &Backend) -> bool {
         let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.set.load();
-        if !current.backends.iter().any(|b| b.addr == addr) {
-            return Err(ChangeError::NotFound(addr));
+        if !current.backends.iter().any(|b| b.is_same_as(backend)) {
+            return false;
         }
         let backends = current
             .backends
             .iter()
-            .filter(|b| b.addr != addr)
+            .filter(|b| !b.is_same_as(backend))
             .cloned()
             .collect();
         self.set
             .store(Arc::new(BackendSet::new(self.policy, backends)));
-        Ok(())
+        true
     }
 
-    /// Whether one more backend may leave rotation by passive ejection: only if at least half
-    /// of the backends (rounded up) stay healthy after it. Failed exchanges say as much about the
-    /// requests as about the backends (one client calling a page that fails answers 5xx from
-    /// every backend), so they never empty an upstream, as Envoy's `max_ejection_percent`
-    /// keeps them from doing; the active checks, which ask each backend alone, can.
+    /// Whether one more backend may leave rotation by passive ejection after failed exchanges:
+    /// only if at least half of the backends not being drained (rounded up) stay healthy after
+    /// it. Failed exchanges say as much about the requests as about the backends (one client
+    /// calling a page that fails gets a 5xx from every backend), so they must not empty an
+    /// upstream, as Envoy's `max_ejection_percent` keeps them from doing; refused connections
+    /// and the active checks, which say something of the backend alone, can.
     pub fn may_eject_passively(&self) -> bool {
         let set = self.set.load();
-        let healthy = set.backends.iter().filter(|b| b.is_healthy()).count();
-        healthy > set.backends.len().div_ceil(2)
+        let serving = set.backends.iter().filter(|b| !b.is_draining());
+        let (total, healthy) = serving.fold((0, 0), |(total, healthy), b| {
+            (total + 1, healthy + usize::from(b.is_healthy()))
+        });
+        healthy > usize::div_ceil(total, 2)
     }
 
     /// Stops this upstream's background work; a reload calls it on the upstream it replaces.
@@ -584,15 +612,19 @@ mod tests {
 
     /// An upstream of `n` backends (127.0.0.1:1 to :n) ejecting after 3 failures.
     fn upstream(n: u16) -> Upstream {
+        Upstream::new(&config(n).upstreams[0], settings(), None)
+    }
+
+    /// The config of [`upstream`]`(n)`.
+    fn config(n: u16) -> crate::Config {
         let backends: Vec<String> = (1..=n)
             .map(|port| format!("{{ addr = \"127.0.0.1:{port}\" }}"))
             .collect();
-        let config = crate::Config::parse(&format!(
+        crate::Config::parse(&format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"web\"\npassive_failures = 3\nbackends = [{}]\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
             backends.join(", ")
         ))
-        .unwrap();
-        Upstream::new(&config.upstreams[0], settings(), None)
+        .unwrap()
     }
 
     #[tokio::test]
@@ -623,13 +655,75 @@ mod tests {
             let out = set.backends.iter().filter(|b| !b.is_healthy()).count();
             assert_eq!(out, ejectable, "{n} backends");
         }
-        // The active checks are not held back.
+        // A backend being drained does not count as one left in rotation.
+        let u = upstream(2);
+        let set = u.backends();
+        u.start_drain(set.backends[0].addr).unwrap();
+        (0..3).for_each(|_| set.backends[1].record_failure(&u));
+        assert!(set.backends[1].is_healthy());
+        // Refused connections and the active checks are not held back.
+        let u = upstream(1);
+        let b = &u.backends().backends[0];
+        (0..3).for_each(|_| b.record_connect_failure(&u));
+        assert!(!b.is_healthy());
         let u = upstream(1);
         let b = &u.backends().backends[0];
         for _ in 0..3 {
             b.record_check(false, &health());
         }
         assert!(!b.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn a_draining_backend_takes_no_new_request() {
+        let u = upstream(2);
+        let set = u.backends();
+        let first = set.backends[0].try_start().unwrap();
+        u.start_drain(set.backends[0].addr).unwrap();
+        assert!(set.backends[0].try_start().is_none());
+        assert_eq!(set.backends[0].in_flight(), 1);
+        for _ in 0..4 {
+            let (i, _guard) = set.start_request(None, 0, None).unwrap();
+            assert_eq!(i, 1);
+        }
+        drop(first);
+        assert_eq!(set.backends[0].in_flight(), 0);
+        assert_eq!(set.backends[0].requests_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_hands_each_backend_its_state_and_its_pool_while_the_settings_hold() {
+        let old = upstream(2);
+        let old_set = old.backends();
+        let in_flight = old_set.backends[0].try_start().unwrap();
+        old.start_drain(old_set.backends[1].addr).unwrap();
+        let three = config(3);
+
+        let new = Upstream::new(&three.upstreams[0], settings(), Some(&old));
+        let set = new.backends();
+        assert!(set.backends[0].is_same_as(&old_set.backends[0]));
+        assert_eq!(set.backends[0].in_flight(), 1);
+        assert!(set.backends[1].is_draining());
+        assert!(Arc::ptr_eq(
+            &set.backends[0].pool,
+            &old_set.backends[0].pool
+        ));
+        // The third is new at its address.
+        assert_eq!(set.backends[2].requests_total(), 0);
+        drop(in_flight);
+        assert_eq!(set.backends[0].in_flight(), 0);
+
+        let slower = ClientSettings {
+            connect: Duration::from_secs(5),
+            ..settings()
+        };
+        let newer = Upstream::new(&three.upstreams[0], slower, Some(&new));
+        let newer_set = newer.backends();
+        assert!(newer_set.backends[0].is_same_as(&set.backends[0]));
+        assert!(!Arc::ptr_eq(
+            &newer_set.backends[0].pool,
+            &set.backends[0].pool
+        ));
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// What a stub backend shares with the test that drives it.
@@ -35,6 +35,9 @@ pub(crate) struct StubState {
     pub(crate) failing: AtomicBool,
     /// Delay before each answer, in milliseconds.
     pub(crate) delay_ms: AtomicU64,
+    /// Whether answers wait for [`Stub::release`].
+    held: AtomicBool,
+    released: Notify,
     /// Headers of the last request.
     pub(crate) last_headers: Mutex<HeaderMap>,
 }
@@ -95,6 +98,18 @@ impl Stub {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Makes requests wait, once counted, until [`release`](Self::release): a request held in
+    /// flight for as long as a test needs, with no timing to guess.
+    pub(crate) fn hold(&self) {
+        self.state.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held requests, and the ones to come, be answered.
+    pub(crate) fn release(&self) {
+        self.state.held.store(false, Ordering::SeqCst);
+        self.state.released.notify_waiters();
+    }
+
     pub(crate) fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::SeqCst);
     }
@@ -138,6 +153,14 @@ async fn answer(
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
     *state.last_headers.lock().unwrap() = req.headers().clone();
+    loop {
+        // Created before the flag is read, so a release in between is not missed.
+        let released = state.released.notified();
+        if !state.held.load(Ordering::SeqCst) {
+            break;
+        }
+        released.await;
+    }
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gateway::{Config, Gateway};
 
@@ -61,16 +62,14 @@ async fn a_reload_with_a_bad_file_keeps_the_old_config_and_a_good_one_takes_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let a = Stub::start("a").await;
-    a.set_delay(std::time::Duration::from_millis(300));
+    a.set_delay(Duration::from_millis(300));
     let gw = TestGateway::start(&config_to(&a)).await;
     let c = TestClient::new();
     let url = gw.url("/");
     let pending = tokio::spawn(async move { c.get(&url).await });
-    eventually(
-        std::time::Duration::from_secs(5),
-        "request in flight",
-        || async { a.hits() == 1 },
-    )
+    eventually(Duration::from_secs(5), "request in flight", || async {
+        a.hits() == 1
+    })
     .await;
     let run = gw.stop().await;
     let reply = pending.await.unwrap();
@@ -84,23 +83,17 @@ async fn shutdown_lets_the_request_in_flight_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_requests_in_flight_and_a_drain_under_way() {
     let (a, b) = (Stub::start("a").await, Stub::start("b").await);
-    a.set_delay(std::time::Duration::from_millis(800));
+    a.hold();
     let path = temp_file("reload-drain");
     let gw = gateway_reading(&path, &config_to(&a)).await;
     let c = TestClient::new();
-    let url = gw.url("/");
     let slow = tokio::spawn({
-        let c = c.clone();
-        async move {
-            let reply = c.get(&url).await;
-            (reply, std::time::Instant::now())
-        }
+        let (c, url) = (c.clone(), gw.url("/"));
+        async move { c.get(&url).await }
     });
-    eventually(
-        std::time::Duration::from_secs(5),
-        "the slow request",
-        || async { a.hits() == 1 },
-    )
+    eventually(Duration::from_secs(5), "the held request", || async {
+        a.hits() == 1
+    })
     .await;
 
     let both = format!(
@@ -109,41 +102,35 @@ async fn a_reload_keeps_requests_in_flight_and_a_drain_under_way() {
     );
     std::fs::write(&path, &both).unwrap();
     gw.shared.reload().unwrap();
-    assert_eq!(
-        gw.backends(&c, "web").await[&a.addr.to_string()]["in_flight"],
-        1
-    );
+    let a_addr = a.addr.to_string();
+    assert_eq!(gw.backends(&c, "web").await[&a_addr]["in_flight"], 1);
 
     let delete = tokio::spawn({
-        let (c, url) = (
-            c.clone(),
-            gw.admin_url(&format!("/admin/upstreams/web/backends/{}", a.addr)),
-        );
-        async move {
-            let reply = c.send(hyper::Method::DELETE, &url, &[], "").await;
-            (reply, std::time::Instant::now())
-        }
+        let c = c.clone();
+        let url = gw.admin_url(&format!("/admin/upstreams/web/backends/{a_addr}"));
+        async move { c.send(hyper::Method::DELETE, &url, &[], "").await }
     });
-    eventually(std::time::Duration::from_secs(5), "the drain", || async {
-        gw.backends(&c, "web").await[&a.addr.to_string()]["draining"] == true
+    eventually(Duration::from_secs(5), "the drain", || async {
+        gw.backends(&c, "web").await[&a_addr]["draining"] == true
     })
     .await;
     // Reloaded again while the drain waits: the new upstream takes the draining backend over.
     gw.shared.reload().unwrap();
     assert_eq!(c.get(&gw.url("/")).await.body, "b");
+    assert!(
+        !delete.is_finished(),
+        "the drain ended with its request still held"
+    );
 
-    let (slow, slow_done) = slow.await.unwrap();
-    let (deleted, delete_done) = delete.await.unwrap();
+    a.release();
+    let slow = slow.await.unwrap();
     assert_eq!((slow.status.as_u16(), slow.body.as_str()), (200, "a"));
+    let deleted = delete.await.unwrap();
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     assert!(
         deleted.body.contains("\"drained\":true"),
         "{}",
         deleted.body
-    );
-    assert!(
-        delete_done >= slow_done,
-        "the drain ended before its request"
     );
     let left = gw.backends(&c, "web").await;
     assert_eq!(left.keys().collect::<Vec<_>>(), [&b.addr.to_string()]);
