@@ -149,6 +149,35 @@ async fn active_checks_alone_take_a_failing_backend_out_and_bring_it_back() {
     assert!(replies.iter().any(|r| r.body == "b"));
 }
 
+/// An ejected backend comes back only after `healthy_threshold` good checks in a row, counted
+/// by the backend itself.
+#[tokio::test]
+async fn a_backend_returns_only_after_healthy_threshold_good_checks() {
+    let (a, b) = (Stub::start("a").await, Stub::start("b").await);
+    let gw = TestGateway::start(&format!(
+        "{LISTEN}[[upstreams]]\nname = \"web\"\n{}\n{}\n[[routes]]\ndefault = true\nupstream = \"web\"\n",
+        backends(&[&a, &b]),
+        HEALTH.replace(", healthy_threshold = 2", ", healthy_threshold = 4")
+    ))
+    .await;
+    let client = TestClient::new();
+    let a_addr = a.addr.to_string();
+    a.set_healthy(false);
+    eventually(Duration::from_secs(5), "a unhealthy", || async {
+        !is_healthy(&gw, &client, &a_addr).await
+    })
+    .await;
+    let before = a.health_checks();
+    a.set_healthy(true);
+    eventually(Duration::from_secs(5), "a healthy", || {
+        is_healthy(&gw, &client, &a_addr)
+    })
+    .await;
+    // At most one failed check can have been answered after `before`.
+    let checks = a.health_checks() - before;
+    assert!(checks >= 4, "back after {checks} checks");
+}
+
 async fn sequential_gets(client: &TestClient, gw: &TestGateway, n: usize) -> Vec<Reply> {
     let mut v = Vec::new();
     for _ in 0..n {

@@ -29,6 +29,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 pub(crate) struct StubState {
     /// Requests served, health checks excluded.
     pub(crate) hits: AtomicUsize,
+    /// Health checks answered.
+    pub(crate) health_checks: AtomicUsize,
     /// Whether `/healthz` answers 200 (otherwise 503).
     pub(crate) unhealthy: AtomicBool,
     /// Whether every answer (health checks aside) is a 500.
@@ -92,6 +94,10 @@ impl Stub {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn health_checks(&self) -> usize {
+        self.state.health_checks.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn set_delay(&self, d: Duration) {
         self.state
             .delay_ms
@@ -142,6 +148,7 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
+        state.health_checks.fetch_add(1, Ordering::SeqCst);
         let status = if state.unhealthy.load(Ordering::SeqCst) {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
