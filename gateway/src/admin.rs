@@ -147,7 +147,7 @@ async fn add_backend(shared: &Shared, name: &str, body: Incoming) -> Response<Re
 /// Drains a backend (no new requests, in-flight ones finish, up to `timeouts.drain_ms`), then
 /// removes it. The answer comes once it is removed, so a script can stop the server next.
 async fn remove_backend(shared: &Arc<Shared>, name: &str, addr: &str) -> Response<ResponseBody> {
-    let Some(addr) = percent_decode(addr).and_then(|a| a.parse::<SocketAddr>().ok()) else {
+    let Some(addr) = backend_addr(addr) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "the backend must be written IP:port (an IPv6 one as [IP]:port), percent-encoded or not",
@@ -206,20 +206,12 @@ async fn finish_drain(
     drained
 }
 
-/// Decodes `%XX` escapes in a path segment; `None` for a broken escape or bytes that are not
-/// UTF-8.
-fn percent_decode(segment: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(segment.len());
-    let mut bytes = segment.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
+/// The backend address a path segment names, percent-encoded or not.
+fn backend_addr(segment: &str) -> Option<SocketAddr> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    decoded.parse().ok()
 }
 
 fn not_found(name: &str) -> Response<ResponseBody> {
@@ -251,17 +243,15 @@ mod tests {
 
     #[test]
     fn a_backend_address_in_a_path_is_percent_decoded() {
-        assert_eq!(percent_decode("127.0.0.1:80").unwrap(), "127.0.0.1:80");
-        assert_eq!(percent_decode("127.0.0.1%3a80").unwrap(), "127.0.0.1:80");
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(backend_addr("127.0.0.1:80"), Some(v4));
+        assert_eq!(backend_addr("127.0.0.1%3a80"), Some(v4));
         assert_eq!(
-            percent_decode("%5B%3A%3A1%5D%3A8080")
-                .unwrap()
-                .parse::<SocketAddr>()
-                .unwrap(),
-            "[::1]:8080".parse().unwrap()
+            backend_addr("%5B%3A%3A1%5D%3A8080"),
+            Some("[::1]:8080".parse().unwrap())
         );
-        assert_eq!(percent_decode("1%3"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(backend_addr("1%3"), None);
+        assert_eq!(backend_addr("%zz"), None);
+        assert_eq!(backend_addr("%ff"), None);
     }
 }
